@@ -1,0 +1,2 @@
+//! loss-bench (being built).
+fn main() {}

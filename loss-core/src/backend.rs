@@ -1,0 +1,114 @@
+//! The [`LossBackend`] trait: what every compute backend provides.
+
+use crate::conformance::Tolerance;
+use crate::error::Result;
+use crate::problem::Problem;
+
+/// A cross-entropy implementation. Object safe: the harness holds `Box<dyn LossBackend>`.
+///
+/// Three methods are required; the fused and allocating variants have default bodies built from
+/// them, which a backend overrides when it can do better (a fused single pass, say).
+///
+/// Contract for every method:
+/// - The buffers are checked first ([`Problem::check_loss_buffer`], [`Problem::check_backward`]);
+///   a wrong length is a [`crate::LossError::ShapeMismatch`] and nothing is written.
+/// - `loss` has [`Problem::loss_len`] values: one per position for `none`, else one.
+/// - `grad_output` is the upstream gradient, of the loss's length: one value for sum and mean,
+///   one per position for none. `grad` receives `∂(Σ loss·grad_output)/∂logits`, laid out like
+///   the logits.
+/// - A feature the backend lacks is a [`crate::LossError::Unsupported`], never a silent
+///   fallback to another backend.
+/// - The same input gives the same bits on every call.
+pub trait LossBackend: Send + Sync {
+    /// Short stable name for reports and flags (`reference`, `cpu`, `rayon`, `wgpu`, …).
+    fn name(&self) -> &str;
+
+    /// Writes the loss into `loss`.
+    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()>;
+
+    /// Writes the gradient with respect to the logits, for upstream gradient `grad_output`.
+    fn backward_into(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+        grad: &mut [f32],
+    ) -> Result<()>;
+
+    /// Writes the loss and the gradient in one call. The default runs forward then backward.
+    fn forward_backward_into(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+        loss: &mut [f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        problem.check_loss_buffer(loss)?;
+        problem.check_backward(grad_output, grad)?;
+        self.forward_into(problem, loss)?;
+        self.backward_into(problem, grad_output, grad)
+    }
+
+    /// The loss, in a new vector.
+    fn forward(&self, problem: &Problem<'_>) -> Result<Vec<f32>> {
+        let mut loss = vec![0.0; problem.loss_len()];
+        self.forward_into(problem, &mut loss)?;
+        Ok(loss)
+    }
+
+    /// The gradient, in a new vector.
+    fn backward(&self, problem: &Problem<'_>, grad_output: &[f32]) -> Result<Vec<f32>> {
+        problem.check_grad_output(grad_output)?;
+        let mut grad = vec![0.0; problem.logits().len()];
+        self.backward_into(problem, grad_output, &mut grad)?;
+        Ok(grad)
+    }
+
+    /// The loss and the gradient, in new vectors.
+    fn forward_backward(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        problem.check_grad_output(grad_output)?;
+        let mut loss = vec![0.0; problem.loss_len()];
+        let mut grad = vec![0.0; problem.logits().len()];
+        self.forward_backward_into(problem, grad_output, &mut loss, &mut grad)?;
+        Ok((loss, grad))
+    }
+
+    /// The tolerance this backend is checked with, given a vector file's tolerance. The default
+    /// keeps the file's; a backend that loosens it documents why (e.g. the accuracy of a
+    /// device's `exp`).
+    fn tolerance(&self, file: Tolerance) -> Tolerance {
+        file
+    }
+}
+
+impl<B: LossBackend + ?Sized> LossBackend for Box<B> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
+        (**self).forward_into(problem, loss)
+    }
+    fn backward_into(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        (**self).backward_into(problem, grad_output, grad)
+    }
+    fn forward_backward_into(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+        loss: &mut [f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        (**self).forward_backward_into(problem, grad_output, loss, grad)
+    }
+    fn tolerance(&self, file: Tolerance) -> Tolerance {
+        (**self).tolerance(file)
+    }
+}

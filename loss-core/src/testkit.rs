@@ -1,0 +1,544 @@
+//! Property tests that any backend runs with one macro call (feature `testkit`).
+//!
+//! ```ignore
+//! loss_core::backend_property_tests!(my_crate::MyBackend::new());
+//! ```
+//!
+//! The generated tests draw random problems (unbatched, 2-D and K-dimensional shapes, empty
+//! batches, weights, ignore patterns including an `ignore_index` that is a real class, label
+//! smoothing, every reduction, index and probability targets) and check, against the
+//! [reference](crate::reference):
+//! agreement; invariance under shifting one position's logits; the gradient against central
+//! finite differences of the `f64` reference loss; `sum = Σ none` and `mean = sum / D`;
+//! fused = forward + backward; bit-identical repeated calls; and a typed error, never a panic,
+//! for malformed input (shapes, targets, options, upstream gradients, output buffers).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+pub use proptest;
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+use crate::conformance::Tolerance;
+use crate::problem::{OwnedTarget, ProblemData, Reduction};
+use crate::reference::{self, ReferenceBackend};
+use crate::{ErrorKind, LossBackend, LossError};
+
+/// The tolerance of the vendored vectors; backends may loosen it through
+/// [`LossBackend::tolerance`].
+pub const DEFAULT_TOLERANCE: Tolerance = Tolerance::new(1e-4, 1e-5);
+
+fn class_axis(shape: &[usize]) -> usize {
+    usize::from(shape.len() > 1)
+}
+
+/// Random logit shapes: unbatched, 2-D (empty batches included) and K-dimensional.
+pub fn shapes() -> impl Strategy<Value = Vec<usize>> {
+    prop_oneof![
+        (1usize..12).prop_map(|c| vec![c]),
+        (0usize..6, 1usize..12).prop_map(|(n, c)| vec![n, c]),
+        (1usize..4, 1usize..8, 1usize..5).prop_map(|(n, c, d)| vec![n, c, d]),
+        (1usize..3, 1usize..6, 1usize..3, 1usize..4).prop_map(|(n, c, d, e)| vec![n, c, d, e]),
+    ]
+}
+
+/// Random valid problems of the given shapes (logits in ±30, positive weights).
+pub fn problems_of(
+    shapes: impl Strategy<Value = Vec<usize>>,
+) -> impl Strategy<Value = ProblemData> {
+    shapes
+        .prop_flat_map(|shape| {
+            let len: usize = shape.iter().product();
+            let classes = shape[class_axis(&shape)];
+            let positions = len / classes;
+            (
+                Just(shape),
+                prop::collection::vec(-30.0f32..30.0, len),
+                prop::option::of(prop::collection::vec(0.1f32..2.0, classes)),
+                prop_oneof![Just(-100i64), Just(-1i64), 0..classes as i64],
+                prop::collection::vec((0..classes as i64, prop::bool::weighted(0.2)), positions),
+                prop::option::weighted(0.3, prop::collection::vec(0.0f32..1.0, len)),
+                prop::sample::select(Reduction::ALL.to_vec()),
+                prop_oneof![Just(0.0f32), 0.0f32..=1.0],
+            )
+        })
+        .prop_map(
+            |(shape, logits, weight, ignore, picks, probs, reduction, label_smoothing)| {
+                let (target, target_shape, ignore_index) = match probs {
+                    Some(p) => (OwnedTarget::Probs(p), shape.clone(), ignore.min(-1)),
+                    None => {
+                        let axis = class_axis(&shape);
+                        let tshape = shape
+                            .iter()
+                            .enumerate()
+                            .filter(|&(a, _)| a != axis)
+                            .map(|(_, &d)| d)
+                            .collect();
+                        let idx = picks
+                            .into_iter()
+                            .map(|(c, ignored)| if ignored { ignore } else { c })
+                            .collect();
+                        (OwnedTarget::Indices(idx), tshape, ignore)
+                    }
+                };
+                ProblemData {
+                    logits,
+                    shape,
+                    target,
+                    target_shape,
+                    weight,
+                    ignore_index,
+                    reduction,
+                    label_smoothing,
+                }
+            },
+        )
+}
+
+/// Random valid problems of [`shapes`].
+pub fn problems() -> impl Strategy<Value = ProblemData> {
+    problems_of(shapes())
+}
+
+/// A valid problem made malformed in one of several ways, with the error kind it must give.
+pub fn malformed_problems() -> impl Strategy<Value = (ProblemData, ErrorKind)> {
+    (problems(), 0usize..9, any::<u32>()).prop_map(|(data, how, salt)| corrupt(data, how, salt))
+}
+
+fn corrupt(mut d: ProblemData, how: usize, salt: u32) -> (ProblemData, ErrorKind) {
+    let classes = d.shape[class_axis(&d.shape)];
+    let positions = d.logits.len() / classes;
+    let salt = salt as usize;
+    match how {
+        0 => {
+            if d.logits.is_empty() || salt.is_multiple_of(2) {
+                d.logits.push(0.5);
+            } else {
+                d.logits.pop();
+            }
+            (d, ErrorKind::ShapeMismatch)
+        }
+        1 => {
+            match &mut d.target {
+                OwnedTarget::Indices(v) => v.push(0),
+                OwnedTarget::Probs(v) => v.push(0.5),
+            }
+            (d, ErrorKind::ShapeMismatch)
+        }
+        2 => {
+            // Same number of elements, wrong shape.
+            d.target_shape.push(1);
+            (d, ErrorKind::ShapeMismatch)
+        }
+        3 => {
+            d.weight = Some(vec![1.0; classes + 1 + salt % 3]);
+            (d, ErrorKind::ShapeMismatch)
+        }
+        4 if positions > 0 => {
+            let bad = [
+                classes as i64,
+                classes as i64 + 7,
+                -2,
+                -3,
+                i64::MAX,
+                i64::MIN,
+            ]
+            .into_iter()
+            .filter(|&b| b != d.ignore_index)
+            .nth(salt % 5)
+            .unwrap_or(classes as i64);
+            let axis = class_axis(&d.shape);
+            let mut idx = vec![0i64; positions];
+            idx[salt % positions] = bad;
+            d.target = OwnedTarget::Indices(idx);
+            d.target_shape = d
+                .shape
+                .iter()
+                .enumerate()
+                .filter(|&(a, _)| a != axis)
+                .map(|(_, &x)| x)
+                .collect();
+            (d, ErrorKind::InvalidTarget)
+        }
+        5 => {
+            d.label_smoothing = [-0.1, 1.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY][salt % 5];
+            (d, ErrorKind::InvalidOption)
+        }
+        6 => {
+            d.target = OwnedTarget::Probs(vec![0.5; d.logits.len()]);
+            d.target_shape = d.shape.clone();
+            d.ignore_index = (salt % classes) as i64;
+            (d, ErrorKind::InvalidOption)
+        }
+        7 => {
+            d.shape = if salt.is_multiple_of(2) {
+                vec![]
+            } else {
+                vec![positions.max(1), 0]
+            };
+            (d, ErrorKind::ShapeMismatch)
+        }
+        _ => {
+            // Each kind of target with the other kind's shape (ranks differ by one, so this is
+            // wrong for every C), its data length fitting the claimed shape.
+            let axis = class_axis(&d.shape);
+            let index_shape: Vec<usize> = d
+                .shape
+                .iter()
+                .enumerate()
+                .filter(|&(a, _)| a != axis)
+                .map(|(_, &x)| x)
+                .collect();
+            (d.target, d.target_shape) = match d.target {
+                OwnedTarget::Probs(_) => (
+                    OwnedTarget::Indices(vec![0; d.logits.len()]),
+                    d.shape.clone(),
+                ),
+                OwnedTarget::Indices(_) => (OwnedTarget::Probs(vec![0.5; positions]), index_shape),
+            };
+            (d, ErrorKind::ShapeMismatch)
+        }
+    }
+}
+
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| TestCaseError::fail(format!("{what} panicked")))
+}
+
+/// Checks that two vectors agree within `tol`; names the first mismatches and their indices.
+pub fn assert_close(
+    what: &str,
+    got: &[f32],
+    expected: &[f64],
+    tol: Tolerance,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), expected.len(), "{}: lengths differ", what);
+    let bad: Vec<String> = got
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|&(_, (&g, &e))| !tol.allows(f64::from(g), e))
+        .take(4)
+        .map(|(i, (g, e))| format!("[{i}] got {g:e} expected {e:e}"))
+        .collect();
+    prop_assert!(bad.is_empty(), "{}: {}", what, bad.join(", "));
+    Ok(())
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+fn upstream(data: &ProblemData, loss_len: usize) -> Vec<f32> {
+    // A fixed, non-trivial upstream gradient (one per loss value).
+    (0..loss_len)
+        .map(|i| {
+            if data.reduction == Reduction::None {
+                0.5 + (i % 5) as f32 * 0.25
+            } else {
+                1.5
+            }
+        })
+        .collect()
+}
+
+/// The backend agrees with the reference on loss and gradient.
+pub fn check_matches_reference(
+    backend: &dyn LossBackend,
+    data: &ProblemData,
+) -> Result<(), TestCaseError> {
+    let problem = data
+        .problem()
+        .map_err(|e| TestCaseError::fail(format!("valid problem rejected: {e}")))?;
+    let g = upstream(data, problem.loss_len());
+    let tol = backend.tolerance(DEFAULT_TOLERANCE);
+    let reference = ReferenceBackend;
+    let (rl, rg) = reference.forward_backward(&problem, &g).map_err(fail)?;
+    let (l, gr) = guarded("forward_backward", || {
+        backend.forward_backward(&problem, &g)
+    })?
+    .map_err(fail)?;
+    assert_close("loss", &l, &widen(&rl), tol)?;
+    assert_close("grad", &gr, &widen(&rg), tol)
+}
+
+fn fail(e: LossError) -> TestCaseError {
+    TestCaseError::fail(e.to_string())
+}
+
+/// Adding a constant to every logit of one position changes neither loss nor gradient.
+pub fn check_shift_invariance(
+    backend: &dyn LossBackend,
+    data: &ProblemData,
+    shift: f32,
+    which: usize,
+) -> Result<(), TestCaseError> {
+    let problem = data.problem().map_err(fail)?;
+    let positions = problem.positions();
+    if positions == 0 {
+        return Ok(());
+    }
+    let position = which % positions;
+    let mut shifted = data.clone();
+    let layout = problem.layout();
+    for c in 0..layout.classes {
+        shifted.logits[layout.index(position, c)] += shift;
+    }
+    let g = upstream(data, problem.loss_len());
+    let (l0, g0) = backend.forward_backward(&problem, &g).map_err(fail)?;
+    let moved = shifted.problem().map_err(fail)?;
+    let (l1, g1) = backend.forward_backward(&moved, &g).map_err(fail)?;
+    // Shifting rounds each logit once more in f32: allow a few f32 ulps of the largest logit.
+    let tol = Tolerance::new(2e-4, 2e-4);
+    assert_close("shifted loss", &l1, &widen(&l0), tol)?;
+    assert_close("shifted grad", &g1, &widen(&g0), tol)
+}
+
+/// The gradient matches central finite differences of the `f64` reference loss.
+pub fn check_finite_differences(
+    backend: &dyn LossBackend,
+    data: &ProblemData,
+) -> Result<(), TestCaseError> {
+    let problem = data.problem().map_err(fail)?;
+    let g = upstream(data, problem.loss_len());
+    let g64 = widen(&g);
+    let grad = backend.backward(&problem, &g).map_err(fail)?;
+    let x = widen(&data.logits);
+    let objective = |x: &[f64]| -> f64 {
+        reference::forward_f64(&problem, x)
+            .iter()
+            .zip(&g64)
+            .map(|(l, g)| l * g)
+            .sum()
+    };
+    let h = 1e-5;
+    let mut numeric = Vec::with_capacity(x.len());
+    let mut probe = x.clone();
+    for i in 0..x.len() {
+        probe[i] = x[i] + h;
+        let up = objective(&probe);
+        probe[i] = x[i] - h;
+        let down = objective(&probe);
+        probe[i] = x[i];
+        numeric.push((up - down) / (2.0 * h));
+    }
+    // NaN-valued objectives (a mean over D = 0) have no derivative to compare.
+    if numeric.iter().any(|v| !v.is_finite()) {
+        return Ok(());
+    }
+    assert_close(
+        "grad vs finite differences",
+        &grad,
+        &numeric,
+        Tolerance::new(1e-3, 1e-4),
+    )
+}
+
+/// `sum` equals the sum of `none`, and `mean` equals `sum / D` (the specification's
+/// denominator), for loss and gradient.
+pub fn check_reductions(
+    backend: &dyn LossBackend,
+    data: &ProblemData,
+) -> Result<(), TestCaseError> {
+    let with = |r: Reduction| ProblemData {
+        reduction: r,
+        ..data.clone()
+    };
+    let (none_d, sum_d, mean_d) = (
+        with(Reduction::None),
+        with(Reduction::Sum),
+        with(Reduction::Mean),
+    );
+    let none_p = none_d.problem().map_err(fail)?;
+    let sum_p = sum_d.problem().map_err(fail)?;
+    let mean_p = mean_d.problem().map_err(fail)?;
+    let ones = vec![1.0f32; none_p.loss_len()];
+    let (none_l, none_g) = backend.forward_backward(&none_p, &ones).map_err(fail)?;
+    let (sum_l, sum_g) = backend.forward_backward(&sum_p, &[1.0]).map_err(fail)?;
+    let (mean_l, mean_g) = backend.forward_backward(&mean_p, &[1.0]).map_err(fail)?;
+    let tol = backend.tolerance(DEFAULT_TOLERANCE);
+    let total: f64 = none_l.iter().map(|&v| f64::from(v)).sum();
+    // Tolerance of a sum: scale the absolute part by the number of terms.
+    let sum_tol = Tolerance::new(tol.rtol, tol.atol * (none_l.len().max(1) as f64));
+    assert_close("sum vs Σ none", &sum_l, &[total], sum_tol)?;
+    assert_close("sum grad vs none grad", &sum_g, &widen(&none_g), tol)?;
+    let d = reference::mean_denominator(&mean_p);
+    if d != 0.0 && d.is_finite() {
+        assert_close("mean vs sum / D", &mean_l, &[f64::from(sum_l[0]) / d], tol)?;
+        let scaled: Vec<f64> = sum_g.iter().map(|&v| f64::from(v) / d).collect();
+        assert_close("mean grad vs sum grad / D", &mean_g, &scaled, tol)?;
+    } else {
+        prop_assert!(
+            mean_l[0].is_nan(),
+            "mean over D = 0 must be NaN, got {}",
+            mean_l[0]
+        );
+    }
+    Ok(())
+}
+
+/// The fused call gives what forward and backward give separately, and repeating any call gives
+/// the same bits.
+pub fn check_fused_and_deterministic(
+    backend: &dyn LossBackend,
+    data: &ProblemData,
+) -> Result<(), TestCaseError> {
+    let problem = data.problem().map_err(fail)?;
+    let g = upstream(data, problem.loss_len());
+    let l = backend.forward(&problem).map_err(fail)?;
+    let gr = backend.backward(&problem, &g).map_err(fail)?;
+    let (fl, fg) = backend.forward_backward(&problem, &g).map_err(fail)?;
+    let tol = backend.tolerance(DEFAULT_TOLERANCE);
+    assert_close("fused loss", &fl, &widen(&l), tol)?;
+    assert_close("fused grad", &fg, &widen(&gr), tol)?;
+    let (fl2, fg2) = backend.forward_backward(&problem, &g).map_err(fail)?;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    prop_assert_eq!(bits(&fl), bits(&fl2), "repeated loss differs");
+    prop_assert_eq!(bits(&fg), bits(&fg2), "repeated grad differs");
+    Ok(())
+}
+
+/// Malformed problem data gives the expected error kind from validation, never a panic.
+pub fn check_malformed(data: &ProblemData, kind: ErrorKind) -> Result<(), TestCaseError> {
+    match guarded("Problem::new", || data.problem().map(|_| ()))? {
+        Ok(()) => Err(TestCaseError::fail(format!(
+            "accepted malformed input; expected {kind}"
+        ))),
+        Err(e) => {
+            prop_assert_eq!(e.kind(), kind, "wrong error: {}", e);
+            Ok(())
+        }
+    }
+}
+
+/// Wrong-length upstream gradients and output buffers give `shape_mismatch` from every entry
+/// point of the backend, never a panic and never a number.
+pub fn check_bad_buffers(
+    backend: &dyn LossBackend,
+    data: &ProblemData,
+    extra: usize,
+) -> Result<(), TestCaseError> {
+    let problem = data.problem().map_err(fail)?;
+    let n = problem.loss_len();
+    let len = problem.logits().len();
+    let bad_g = vec![1.0f32; n + extra];
+    let short_g = vec![1.0f32; n.saturating_sub(extra)];
+    let good_g = vec![1.0f32; n];
+    let expect = |what: &str, r: crate::Result<()>| -> Result<(), TestCaseError> {
+        match r {
+            Ok(()) => Err(TestCaseError::fail(format!(
+                "{what}: accepted a wrong length"
+            ))),
+            Err(e) => {
+                prop_assert_eq!(e.kind(), ErrorKind::ShapeMismatch, "{}: {}", what, e);
+                Ok(())
+            }
+        }
+    };
+    for g in [&bad_g, &short_g] {
+        if g.len() == n {
+            continue;
+        }
+        expect(
+            "backward",
+            guarded("backward", || backend.backward(&problem, g).map(|_| ()))?,
+        )?;
+        expect(
+            "forward_backward",
+            guarded("forward_backward", || {
+                backend.forward_backward(&problem, g).map(|_| ())
+            })?,
+        )?;
+    }
+    let mut loss_bad = vec![0.0f32; n + extra];
+    let mut loss_ok = vec![0.0f32; n];
+    let mut grad_bad = vec![0.0f32; len + extra];
+    let mut grad_ok = vec![0.0f32; len];
+    expect(
+        "forward_into",
+        guarded("forward_into", || {
+            backend.forward_into(&problem, &mut loss_bad)
+        })?,
+    )?;
+    expect(
+        "backward_into",
+        guarded("backward_into", || {
+            backend.backward_into(&problem, &good_g, &mut grad_bad)
+        })?,
+    )?;
+    expect(
+        "forward_backward_into (loss)",
+        guarded("forward_backward_into", || {
+            backend.forward_backward_into(&problem, &good_g, &mut loss_bad, &mut grad_ok)
+        })?,
+    )?;
+    expect(
+        "forward_backward_into (grad)",
+        guarded("forward_backward_into", || {
+            backend.forward_backward_into(&problem, &good_g, &mut loss_ok, &mut grad_bad)
+        })?,
+    )
+}
+
+/// Generates the property tests of this module for a backend expression.
+///
+/// ```ignore
+/// loss_core::backend_property_tests!(loss_cpu::CpuBackend::new());
+/// ```
+#[macro_export]
+macro_rules! backend_property_tests {
+    ($make:expr) => {
+        $crate::backend_property_tests!($make, 64);
+    };
+    ($make:expr, $cases:expr) => {
+        mod backend_properties {
+            #[allow(unused_imports)] // the backend expression may name items of the parent
+            use super::*;
+            use $crate::testkit as kit;
+            use $crate::testkit::proptest::prelude::*;
+
+            fn config() -> kit::proptest::test_runner::Config {
+                kit::proptest::test_runner::Config::with_cases($cases)
+            }
+
+            kit::proptest::proptest! {
+                #![proptest_config(config())]
+
+                #[test]
+                fn matches_reference(data in kit::problems()) {
+                    kit::check_matches_reference(&$make, &data)?;
+                }
+
+                #[test]
+                fn shift_invariant(data in kit::problems(), shift in -20.0f32..20.0, which in 0usize..64) {
+                    kit::check_shift_invariance(&$make, &data, shift, which)?;
+                }
+
+                #[test]
+                fn gradient_matches_finite_differences(data in kit::problems()) {
+                    kit::check_finite_differences(&$make, &data)?;
+                }
+
+                #[test]
+                fn reductions_consistent(data in kit::problems()) {
+                    kit::check_reductions(&$make, &data)?;
+                }
+
+                #[test]
+                fn fused_matches_separate_and_repeats(data in kit::problems()) {
+                    kit::check_fused_and_deterministic(&$make, &data)?;
+                }
+
+                #[test]
+                fn malformed_input_is_a_typed_error((data, kind) in kit::malformed_problems()) {
+                    kit::check_malformed(&data, kind)?;
+                }
+
+                #[test]
+                fn wrong_buffers_are_a_typed_error(data in kit::problems(), extra in 1usize..3) {
+                    kit::check_bad_buffers(&$make, &data, extra)?;
+                }
+            }
+        }
+    };
+}
