@@ -1,5 +1,24 @@
-//! The benchmark harness behind `loss-bench`: conformance verification of every backend and (in
-//! later modules) cross-checked throughput measurement.
+//! The benchmark harness behind `loss-bench`.
+//!
+//! - [`verify`]: every backend on every conformance case;
+//! - [`run`]: the cross-checked throughput grid, with the [`bandwidth`] probe and the
+//!   [`peers`] (PyTorch and JAX through Python, candle behind the `peers` feature);
+//! - [`schema`] and [`format`]: the result file and its renderings;
+//! - [`compare`], [`plot`], [`profile`]: regressions, pictures, and picking a backend in code.
 
 pub mod backends;
+pub mod bandwidth;
+#[cfg(feature = "peers")]
+pub mod candle_peer;
+pub mod compare;
+pub mod format;
+pub mod peers;
+pub mod plot;
+pub mod profile;
+pub mod run;
+pub mod schema;
 pub mod verify;
+pub mod workload;
+
+/// Versions of the workspace crates linked into this harness.
+pub const CRATE_VERSIONS: &[(&str, &str)] = &[("loss-core", loss_core::VERSION)];

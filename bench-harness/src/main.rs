@@ -1,24 +1,46 @@
-//! `loss-bench`: verifies every backend against the conformance vectors and measures throughput.
+//! `loss-bench`: verifies every backend against the conformance vectors, measures cross-checked
+//! throughput, draws it, compares runs, and recommends a backend per shape.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bench_harness::backends::{self, BackendConfig};
-use bench_harness::verify;
+use bench_harness::format::{self, Format};
+use bench_harness::profile::Profile;
+use bench_harness::run::{self, RunOptions};
+use bench_harness::schema::{Op, RunReport};
+use bench_harness::{compare, plot, verify};
 use clap::{Args, Parser, Subcommand};
+use loss_core::Reduction;
 use loss_core::conformance::{self, VectorFile};
 
 #[derive(Parser)]
-#[command(name = "loss-bench", version, about)]
+#[command(
+    name = "loss-bench",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// With no subcommand, `run` with these arguments.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run every backend on every case of the vendored vectors and of each --vectors file.
     Verify(VerifyArgs),
+    /// Time every backend over a grid of batch × class sizes, cross-checked against the reference.
+    Run(RunArgs),
+    /// Draw a result file: throughput against classes, with the bandwidth ceilings.
+    Plot(PlotArgs),
+    /// Compare two result files; exit 1 on a regression beyond threshold and noise.
+    Compare(CompareArgs),
+    /// The fastest agreeing backend per region of shapes, as a profile code can load.
+    Recommend(RecommendArgs),
 }
 
 #[derive(Args)]
@@ -32,6 +54,84 @@ struct VerifyArgs {
     /// Threads for parallel backends.
     #[arg(long)]
     threads: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Class counts, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    classes: Vec<usize>,
+    /// Backends to time (repeatable; default: every backend but the reference).
+    #[arg(long = "backend")]
+    backend: Vec<String>,
+    /// forward, backward, forward-backward or all.
+    #[arg(long, default_value = "all")]
+    op: String,
+    /// Thread counts for parallel backends, comma-separated (default: all cores).
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Run without class weights.
+    #[arg(long)]
+    unweighted: bool,
+    /// Reduction: none, sum or mean.
+    #[arg(long, default_value = "mean")]
+    reduction: String,
+    /// Skip cells whose logits exceed this many MiB (default 1024; 32 with --quick).
+    #[arg(long)]
+    max_mib: Option<usize>,
+    /// Short timings and a small grid: the whole run in under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Do not run the Python peers (PyTorch, JAX).
+    #[arg(long)]
+    no_peers: bool,
+    /// Run the Python peers on cells up to this many logits (default 64Mi; 1Mi with --quick).
+    #[arg(long)]
+    peer_max_elements: Option<usize>,
+    /// Input seed.
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Write the output here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// A result file of `loss-bench run --format json`.
+    results: PathBuf,
+    /// The SVG to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// The batch size to plot (default: the one measured at the most class counts).
+    #[arg(long)]
+    batch: Option<usize>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The baseline result file.
+    baseline: PathBuf,
+    /// The current result file.
+    current: PathBuf,
+    /// Largest tolerated drop in bandwidth-normalised throughput (`10%`, `0.1`).
+    #[arg(long, default_value = "10%")]
+    max_regression: String,
+}
+
+#[derive(Args)]
+struct RecommendArgs {
+    /// A result file of `loss-bench run --format json`.
+    results: PathBuf,
+    /// Write the profile (JSON) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn verify(args: VerifyArgs) -> ExitCode {
@@ -66,14 +166,134 @@ fn verify(args: VerifyArgs) -> ExitCode {
     }
 }
 
+fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
+    let mut opts = RunOptions::default();
+    if args.quick {
+        opts.batch = vec![1, 256, 2048];
+        opts.classes = vec![10, 1000, 32000];
+        opts.quick = true;
+        opts.max_bytes = 32 << 20;
+        opts.peer_max_elements = 1 << 20;
+    }
+    if !args.batch.is_empty() {
+        opts.batch = args.batch.clone();
+    }
+    if !args.classes.is_empty() {
+        opts.classes = args.classes.clone();
+    }
+    if !args.threads.is_empty() {
+        opts.threads = args.threads.clone();
+    }
+    opts.backends = args.backend.clone();
+    opts.ops = if args.op == "all" {
+        Op::ALL.to_vec()
+    } else {
+        vec![Op::parse(&args.op).ok_or_else(|| format!("unknown --op {:?}", args.op))?]
+    };
+    opts.weighted = !args.unweighted;
+    opts.reduction = Reduction::parse(&args.reduction).map_err(|e| e.to_string())?;
+    if let Some(mib) = args.max_mib {
+        opts.max_bytes = mib << 20;
+    }
+    opts.python_peers = !args.no_peers;
+    if let Some(n) = args.peer_max_elements {
+        opts.peer_max_elements = n;
+    }
+    opts.seed = args.seed;
+    Ok(opts)
+}
+
+fn write_out(text: &str, out: Option<&PathBuf>) -> Result<(), String> {
+    match out {
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+        Some(p) => std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display())),
+    }
+}
+
+fn run_cmd(args: RunArgs) -> Result<ExitCode, String> {
+    let opts = run_options(&args)?;
+    let report = run::run(&opts);
+    write_out(&format::render(&report, args.format), args.out.as_ref())?;
+    if let Some(out) = &args.out {
+        eprintln!("wrote {}", out.display());
+        if args.format != Format::Table {
+            eprint!("{}", format::table(&report));
+        }
+    }
+    let disagreeing: Vec<_> = report.results.iter().filter(|r| !r.agrees).collect();
+    if disagreeing.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for r in &disagreeing {
+            eprintln!(
+                "DISAGREES with the reference: {} {} {}x{} (max rel err {:.2e})",
+                r.label(),
+                r.op,
+                r.batch,
+                r.classes,
+                r.max_rel_error
+            );
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn plot_cmd(args: PlotArgs) -> Result<ExitCode, String> {
+    let report = RunReport::load(&args.results)?;
+    plot::plot(&report, args.batch, &args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare_cmd(args: CompareArgs) -> Result<ExitCode, String> {
+    let threshold = compare::parse_threshold(&args.max_regression)?;
+    let base = RunReport::load(&args.baseline)?;
+    let cur = RunReport::load(&args.current)?;
+    let c = compare::compare(&base, &cur, threshold);
+    print!("{}", compare::render(&c));
+    let regressed: Vec<_> = c.regressions().map(|x| x.cell.clone()).collect();
+    if regressed.is_empty() {
+        println!(
+            "compare: no regression beyond {} and the measured noise",
+            args.max_regression
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "compare: {} regressed cell(s): {}",
+            regressed.len(),
+            regressed.join("; ")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn recommend_cmd(args: RecommendArgs) -> Result<ExitCode, String> {
+    let report = RunReport::load(&args.results)?;
+    let profile = Profile::from_report(&report);
+    print!("{}", profile.render());
+    if let Some(out) = &args.out {
+        profile.save(out)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Verify(args)) => verify(args),
-        None => verify(VerifyArgs {
-            vectors: vec![],
-            backend: vec![],
-            threads: None,
-        }),
-    }
+    let result = match cli.command {
+        Some(Command::Verify(args)) => Ok(verify(args)),
+        Some(Command::Run(args)) => run_cmd(args),
+        Some(Command::Plot(args)) => plot_cmd(args),
+        Some(Command::Compare(args)) => compare_cmd(args),
+        Some(Command::Recommend(args)) => recommend_cmd(args),
+        None => run_cmd(cli.run),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }

@@ -60,6 +60,10 @@ impl Tolerance {
     }
 }
 
+/// The tolerance of the vendored vectors, used wherever no file gives one (property tests, the
+/// harness's cross-checks). Backends may loosen it through [`LossBackend::tolerance`].
+pub const DEFAULT_TOLERANCE: Tolerance = Tolerance::new(1e-4, 1e-5);
+
 /// A vector file that could not be read at all (as opposed to a case that is malformed on
 /// purpose, which is read leniently and judged by the library).
 #[derive(Debug, thiserror::Error)]

@@ -82,3 +82,6 @@ pub use problem::{
     Reduction, Target, TargetData, shape_from_i64,
 };
 pub use reference::ReferenceBackend;
+
+/// This crate's version, for reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -24,9 +24,7 @@ use crate::problem::{OwnedTarget, ProblemData, Reduction};
 use crate::reference::{self, ReferenceBackend};
 use crate::{ErrorKind, LossBackend, LossError};
 
-/// The tolerance of the vendored vectors; backends may loosen it through
-/// [`LossBackend::tolerance`].
-pub const DEFAULT_TOLERANCE: Tolerance = Tolerance::new(1e-4, 1e-5);
+pub use crate::conformance::DEFAULT_TOLERANCE;
 
 fn class_axis(shape: &[usize]) -> usize {
     usize::from(shape.len() > 1)

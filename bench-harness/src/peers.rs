@@ -1,0 +1,285 @@
+//! Peers timed in the same run, on the same inputs, in the same table: PyTorch and JAX on the CPU
+//! through `scripts/peers.py` (when they are installed; reported as skipped when not).
+//!
+//! Each peer result is cross-checked like ours: its loss against the reference loss, and its
+//! gradient through the gradient's sum of squares against the reference's (moving the whole
+//! gradient back from Python for every cell would cost more than the benchmark).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+
+use loss_core::conformance::DEFAULT_TOLERANCE;
+use serde::Deserialize;
+
+use crate::bandwidth::Bandwidth;
+use crate::run::{Cell, RunOptions, TimingBudget, divisor};
+use crate::schema::{CellResult, Op, Skipped};
+
+/// The script, located next to this crate's sources.
+pub fn script_path() -> PathBuf {
+    std::env::var_os("LOSS_PEERS_SCRIPT").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/peers.py"),
+        PathBuf::from,
+    )
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+struct PeerCellRef {
+    batch: usize,
+    classes: usize,
+    loss: Vec<f64>,
+    grad_sq: f64,
+    in_cache: bool,
+}
+
+/// The Python peers found on this machine, and the cells written for them.
+pub struct PythonPeers {
+    available: Vec<(String, String)>,
+    dir: PathBuf,
+    cells: Vec<PeerCellRef>,
+    manifest: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct PeerLine {
+    peer: String,
+    batch: usize,
+    classes: usize,
+    op: Op,
+    threads: usize,
+    loss: Vec<f64>,
+    grad_sq: Option<f64>,
+    note: String,
+    median_ns: f64,
+    min_ns: f64,
+    spread: f64,
+    reps: usize,
+}
+
+impl PythonPeers {
+    /// Asks the script which peers import; `Err` says why none can run.
+    pub fn detect() -> Result<Self, String> {
+        let out = Command::new(python())
+            .arg(script_path())
+            .arg("--probe")
+            .output()
+            .map_err(|e| format!("not run: cannot start {}: {e}", python()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "not run: peers.py --probe failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let found: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("not run: peers.py --probe printed no JSON: {e}"))?;
+        let available: Vec<(String, String)> = ["pytorch", "jax"]
+            .iter()
+            .filter_map(|&p| found[p].as_str().map(|v| (p.to_string(), v.to_string())))
+            .collect();
+        if available.is_empty() {
+            return Err("not run: neither torch nor jax is installed for python3".into());
+        }
+        let dir = std::env::temp_dir().join(format!("loss-bench-peers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("not run: {}: {e}", dir.display()))?;
+        Ok(PythonPeers {
+            available,
+            dir,
+            cells: Vec::new(),
+            manifest: Vec::new(),
+        })
+    }
+
+    /// Writes a cell's inputs for the script.
+    pub fn add_cell(&mut self, cell: &Cell) -> Result<(), String> {
+        let w = &cell.workload;
+        let [batch, classes] = w.shape;
+        let dir = self.dir.join(format!("{batch}x{classes}"));
+        let write = |name: &str, bytes: &[u8]| -> Result<(), String> {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::File::create(dir.join(name)))
+                .and_then(|mut f| f.write_all(bytes))
+                .map_err(|e| format!("writing inputs for peers: {e}"))
+        };
+        write("logits.bin", bytemuck_f32(&w.logits))?;
+        let targets: Vec<u8> = w.targets.iter().flat_map(|t| t.to_le_bytes()).collect();
+        write("targets.bin", &targets)?;
+        if let Some(weight) = &w.weight {
+            write("weight.bin", bytemuck_f32(weight))?;
+        }
+        self.manifest.push(serde_json::json!({
+            "dir": dir,
+            "batch": batch,
+            "classes": classes,
+            "weighted": w.weight.is_some(),
+            "reduction": w.reduction.as_str(),
+            "ops": [],
+        }));
+        self.cells.push(PeerCellRef {
+            batch,
+            classes,
+            loss: cell.answer.loss.clone(),
+            grad_sq: cell.answer.grad.iter().map(|&g| f64::from(g).powi(2)).sum(),
+            in_cache: cell.in_cache,
+        });
+        Ok(())
+    }
+
+    /// Runs every available peer at every thread count of the run, cross-checks and records.
+    pub fn run(
+        mut self,
+        opts: &RunOptions,
+        bandwidth: &[Bandwidth],
+        results: &mut Vec<CellResult>,
+        skipped: &mut Vec<Skipped>,
+    ) {
+        let budget = TimingBudget::for_run(opts.quick);
+        let ops: Vec<&str> = opts.ops.iter().map(|o| o.as_str()).collect();
+        for m in &mut self.manifest {
+            m["ops"] = serde_json::json!(ops);
+        }
+        let manifest = serde_json::json!({
+            "cells": self.manifest,
+            "budget": {
+                "min_samples": budget.min_samples,
+                "max_samples": budget.max_samples,
+                "target_s": budget.target.as_secs_f64(),
+            },
+        });
+        let path = self.dir.join("manifest.json");
+        if let Err(e) = std::fs::write(&path, manifest.to_string()) {
+            skipped.push(skip("pytorch/jax", format!("writing manifest: {e}")));
+            return;
+        }
+        let mut counts: Vec<usize> = std::iter::once(1)
+            .chain(opts.threads.iter().copied())
+            .collect();
+        counts.sort_unstable();
+        counts.dedup();
+        for (peer, _version) in &self.available {
+            for &threads in &counts {
+                let mut cmd = Command::new(python());
+                cmd.arg(script_path())
+                    .args(["--manifest"])
+                    .arg(&path)
+                    .args(["--peer", peer, "--threads", &threads.to_string()]);
+                if peer == "jax" {
+                    // XLA's CPU client takes a single-thread switch but no thread count: it runs
+                    // on one thread or on every core.
+                    if threads == 1 {
+                        cmd.env(
+                            "XLA_FLAGS",
+                            "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+                        );
+                    } else if threads != crate::run::available_cores() {
+                        skipped.push(skip(
+                            peer,
+                            format!(
+                                "{threads} threads: XLA on the CPU runs on 1 thread or all cores"
+                            ),
+                        ));
+                        continue;
+                    }
+                }
+                cmd.env("OMP_NUM_THREADS", threads.to_string());
+                match cmd.output() {
+                    Err(e) => skipped.push(skip(peer, format!("cannot start: {e}"))),
+                    Ok(out) => {
+                        let stdout = String::from_utf8_lossy(&out.stdout);
+                        for line in stdout.lines().filter(|l| l.starts_with('{')) {
+                            match serde_json::from_str::<PeerLine>(line) {
+                                Ok(p) => results.push(self.result(p, bandwidth)),
+                                Err(e) => skipped.push(skip(peer, format!("unreadable line: {e}"))),
+                            }
+                        }
+                        if !out.status.success() {
+                            let err = String::from_utf8_lossy(&out.stderr);
+                            let last = err.lines().last().unwrap_or("").to_string();
+                            skipped.push(skip(
+                                peer,
+                                format!("{threads} threads: exited with {}: {last}", out.status),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+
+    fn result(&self, p: PeerLine, bandwidth: &[Bandwidth]) -> CellResult {
+        let reference = self
+            .cells
+            .iter()
+            .find(|c| c.batch == p.batch && c.classes == p.classes);
+        let (max_rel_error, agrees, in_cache) = match reference {
+            None => (f64::MAX, false, false),
+            Some(r) => {
+                let tol = DEFAULT_TOLERANCE;
+                let mut pairs: Vec<(f64, f64)> =
+                    p.loss.iter().copied().zip(r.loss.iter().copied()).collect();
+                if let Some(g) = p.grad_sq {
+                    pairs.push((g, r.grad_sq));
+                }
+                let floor = tol.atol / tol.rtol;
+                let lengths_match = p.loss.len() == r.loss.len();
+                let worst = pairs
+                    .iter()
+                    .map(|&(got, exp)| {
+                        if tol.excess(got, exp).is_infinite() {
+                            f64::INFINITY
+                        } else {
+                            (got - exp).abs() / (exp.abs() + floor)
+                        }
+                    })
+                    .fold(0.0, f64::max);
+                let ok = lengths_match && pairs.iter().all(|&(g, e)| tol.allows(g, e));
+                (worst.min(f64::MAX), ok, r.in_cache)
+            }
+        };
+        let elements = p.batch * p.classes;
+        let eps = elements as f64 / (p.median_ns * 1e-9);
+        let bps = eps * p.op.bytes_per_element();
+        let bw = divisor(bandwidth, p.op, p.threads);
+        CellResult {
+            backend: p.peer,
+            variant: String::new(),
+            op: p.op,
+            batch: p.batch,
+            classes: p.classes,
+            threads: p.threads,
+            elements,
+            median_ns: p.median_ns,
+            min_ns: p.min_ns,
+            spread: p.spread,
+            reps: p.reps,
+            elements_per_second: eps,
+            bytes_per_second: bps,
+            bandwidth_gbps: bw,
+            bandwidth_fraction: bps / (bw * 1e9),
+            in_cache,
+            max_rel_error,
+            agrees,
+            note: Some(format!(
+                "{} (gradient checked by its sum of squares)",
+                p.note
+            )),
+        }
+    }
+}
+
+fn skip(backend: &str, reason: String) -> Skipped {
+    Skipped {
+        backend: backend.to_string(),
+        batch: 0,
+        classes: 0,
+        reason,
+    }
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}

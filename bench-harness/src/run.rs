@@ -1,0 +1,497 @@
+//! `loss-bench run`: the cross-checked throughput grid.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use loss_core::conformance::Tolerance;
+use loss_core::{LossBackend, LossError, Reduction};
+
+use crate::backends::{self, BackendConfig};
+use crate::bandwidth::{self, Bandwidth};
+use crate::schema::{self, CellResult, Machine, Op, RunConfig, RunReport, Skipped};
+use crate::workload::{self, ReferenceAnswer, Workload};
+
+/// Everything `run` needs to know.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Batch sizes.
+    pub batch: Vec<usize>,
+    /// Class counts.
+    pub classes: Vec<usize>,
+    /// Backends to time (empty: every backend timed by default).
+    pub backends: Vec<String>,
+    /// Operations to time.
+    pub ops: Vec<Op>,
+    /// Thread counts for parallel backends.
+    pub threads: Vec<usize>,
+    /// Use class weights.
+    pub weighted: bool,
+    /// The reduction.
+    pub reduction: Reduction,
+    /// Skip cells whose logits exceed this many bytes.
+    pub max_bytes: usize,
+    /// Short timings (the whole run under a minute).
+    pub quick: bool,
+    /// Input seed.
+    pub seed: u64,
+    /// Run the Python peers (PyTorch, JAX) when they are installed.
+    pub python_peers: bool,
+    /// Peers are run on cells up to this many logits.
+    pub peer_max_elements: usize,
+}
+
+/// The default grid of the issue: batch {1, 32, 256, 2048, 16384} × classes {10, 100, 1000,
+/// 32000, 128256}, every op, weighted mean, cells up to 1 GiB of logits.
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            batch: vec![1, 32, 256, 2048, 16384],
+            classes: vec![10, 100, 1000, 32000, 128256],
+            backends: Vec::new(),
+            ops: Op::ALL.to_vec(),
+            threads: vec![available_cores()],
+            weighted: true,
+            reduction: Reduction::Mean,
+            max_bytes: 1 << 30,
+            quick: false,
+            seed: 0x5eed,
+            python_peers: true,
+            peer_max_elements: 64 << 20,
+        }
+    }
+}
+
+/// Logical cores available to this process.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Median, spread and count of timed calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Median time of one call, ns.
+    pub median_ns: f64,
+    /// Fastest sample, ns per call.
+    pub min_ns: f64,
+    /// (p90 − p10) / median.
+    pub spread: f64,
+    /// Calls timed.
+    pub reps: usize,
+}
+
+/// How long to time.
+#[derive(Debug, Clone, Copy)]
+pub struct TimingBudget {
+    /// At least this many samples.
+    pub min_samples: usize,
+    /// At most this many samples.
+    pub max_samples: usize,
+    /// Stop once this much time has been spent (after `min_samples`).
+    pub target: Duration,
+}
+
+impl TimingBudget {
+    /// The budget of a normal or a `--quick` run.
+    pub fn for_run(quick: bool) -> Self {
+        if quick {
+            TimingBudget {
+                min_samples: 3,
+                max_samples: 30,
+                target: Duration::from_millis(25),
+            }
+        } else {
+            TimingBudget {
+                min_samples: 7,
+                max_samples: 200,
+                target: Duration::from_millis(300),
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+/// Times `call` (whose argument is the repetition number, for rotating inputs): two warm-up
+/// calls, then samples of enough calls each to last ≥ 20 µs, so that the clock's resolution and
+/// overhead do not count for tiny problems.
+pub fn time_calls(
+    budget: TimingBudget,
+    mut call: impl FnMut(usize) -> Result<(), LossError>,
+) -> Result<Timing, LossError> {
+    call(0)?;
+    let t = Instant::now();
+    call(1)?;
+    let one = t.elapsed().as_secs_f64().max(1e-9);
+    let per_sample = ((20e-6 / one).ceil() as usize).clamp(1, 100_000);
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    let mut rep = 2;
+    while samples.len() < budget.min_samples
+        || (samples.len() < budget.max_samples && start.elapsed() < budget.target)
+    {
+        let t = Instant::now();
+        for _ in 0..per_sample {
+            call(rep)?;
+            rep += 1;
+        }
+        samples.push(t.elapsed().as_secs_f64() * 1e9 / per_sample as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    let median = percentile(&samples, 0.5);
+    Ok(Timing {
+        median_ns: median,
+        min_ns: samples[0],
+        spread: (percentile(&samples, 0.9) - percentile(&samples, 0.1)) / median,
+        reps: samples.len() * per_sample,
+    })
+}
+
+/// A built backend instance with the thread count it runs on.
+pub struct Instance {
+    /// The backend.
+    pub backend: Box<dyn LossBackend>,
+    /// Its thread count.
+    pub threads: usize,
+}
+
+/// Builds the backend instances for a run; failures become skip entries.
+pub fn instances(opts: &RunOptions, skipped: &mut Vec<Skipped>) -> Vec<Instance> {
+    let names: Vec<String> = if opts.backends.is_empty() {
+        backends::registry()
+            .iter()
+            .filter(|s| s.timed_by_default)
+            .map(|s| s.name.to_string())
+            .collect()
+    } else {
+        opts.backends.clone()
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let spec = match backends::spec(&name) {
+            Ok(s) => s,
+            Err(e) => {
+                skipped.push(skip(&name, 0, 0, e.to_string()));
+                continue;
+            }
+        };
+        let counts = if spec.parallel {
+            opts.threads.clone()
+        } else {
+            vec![1]
+        };
+        for threads in counts {
+            match (spec.build)(BackendConfig {
+                threads: Some(threads),
+            }) {
+                Ok(backend) => out.push(Instance { backend, threads }),
+                Err(e) => skipped.push(skip(&name, 0, 0, e.to_string())),
+            }
+        }
+    }
+    out
+}
+
+fn skip(backend: &str, batch: usize, classes: usize, reason: String) -> Skipped {
+    Skipped {
+        backend: backend.to_string(),
+        batch,
+        classes,
+        reason,
+    }
+}
+
+/// What the run measured about the machine.
+pub fn machine(bandwidth: &[Bandwidth]) -> Machine {
+    let single = bandwidth
+        .iter()
+        .find(|b| b.threads == 1)
+        .copied()
+        .unwrap_or(bandwidth[0]);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mut crate_versions = BTreeMap::new();
+    crate_versions.insert(
+        "bench-harness".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
+    for (name, version) in crate::CRATE_VERSIONS {
+        crate_versions.insert(name.to_string(), version.to_string());
+    }
+    Machine {
+        cpu,
+        cores: available_cores(),
+        read_bandwidth_gbps: single.read_gbps,
+        copy_bandwidth_gbps: single.copy_gbps,
+        bandwidth: bandwidth.to_vec(),
+        llc_bytes: bandwidth::last_level_cache_bytes(),
+        arch: std::env::consts::ARCH.into(),
+        os: std::env::consts::OS.into(),
+        crate_versions,
+    }
+}
+
+/// Measures the bandwidth for 1 thread and every thread count of the run.
+pub fn probe_bandwidth(threads: &[usize], quick: bool) -> Vec<Bandwidth> {
+    let mut counts: Vec<usize> = std::iter::once(1).chain(threads.iter().copied()).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let passes = if quick { 3 } else { 5 };
+    counts
+        .into_iter()
+        .map(|t| bandwidth::measure(bandwidth::default_probe_bytes(), t, passes))
+        .collect()
+}
+
+/// The bandwidth divisor of an operation at a thread count (the nearest measured count).
+pub fn divisor(bandwidth: &[Bandwidth], op: Op, threads: usize) -> f64 {
+    let b = bandwidth
+        .iter()
+        .min_by_key(|b| b.threads.abs_diff(threads))
+        .expect("at least one bandwidth figure");
+    match op {
+        Op::Forward => b.read_gbps,
+        Op::Backward | Op::ForwardBackward => b.copy_gbps,
+    }
+}
+
+/// One cell's shared state: inputs, rotated copies and the reference answer.
+pub struct Cell {
+    /// The inputs.
+    pub workload: Workload,
+    /// Extra copies of the logits, so consecutive calls read different memory.
+    pub copies: Vec<Vec<f32>>,
+    /// The reference's answer.
+    pub answer: ReferenceAnswer,
+    /// The upstream gradient.
+    pub upstream: Vec<f32>,
+    /// Whether the rotated data fits in the last-level cache.
+    pub in_cache: bool,
+}
+
+impl Cell {
+    /// Generates a cell and its reference answer.
+    pub fn new(opts: &RunOptions, batch: usize, classes: usize) -> Self {
+        let workload = Workload::generate(batch, classes, opts.weighted, opts.reduction, opts.seed);
+        let upstream = workload.upstream();
+        let with_grad = opts.ops.iter().any(|&o| o != Op::Forward);
+        let answer = workload::reference_answer(&workload, &upstream, with_grad);
+        let llc = bandwidth::last_level_cache_bytes();
+        let bytes = workload.bytes().max(1);
+        let rotations = (4 * llc).div_ceil(bytes).clamp(1, 8);
+        let copies = (1..rotations).map(|_| workload.logits.clone()).collect();
+        // Forward touches the rotated logits; the others also write one gradient buffer.
+        let in_cache = rotations * bytes + bytes <= llc;
+        Cell {
+            workload,
+            copies,
+            answer,
+            upstream,
+            in_cache,
+        }
+    }
+
+    fn logits(&self, rep: usize) -> &[f32] {
+        let k = rep % (self.copies.len() + 1);
+        if k == 0 {
+            &self.workload.logits
+        } else {
+            &self.copies[k - 1]
+        }
+    }
+}
+
+/// Cross-checks and times one backend on one cell and operation.
+pub fn measure(
+    cell: &Cell,
+    instance: &Instance,
+    op: Op,
+    bandwidth: &[Bandwidth],
+    budget: TimingBudget,
+) -> Result<CellResult, LossError> {
+    let backend = instance.backend.as_ref();
+    let w = &cell.workload;
+    let p0 = w.problem();
+    let mut loss = vec![0.0f32; p0.loss_len()];
+    let mut grad = vec![0.0f32; w.logits.len()];
+    let up = &cell.upstream;
+    let tol: Tolerance = backend.tolerance(loss_core::conformance::DEFAULT_TOLERANCE);
+    match op {
+        Op::Forward => backend.forward_into(&p0, &mut loss)?,
+        Op::Backward => backend.backward_into(&p0, up, &mut grad)?,
+        Op::ForwardBackward => backend.forward_backward_into(&p0, up, &mut loss, &mut grad)?,
+    }
+    let loss_pairs = loss.iter().copied().zip(cell.answer.loss.iter().copied());
+    let grad_pairs = grad
+        .iter()
+        .copied()
+        .zip(cell.answer.grad.iter().map(|&g| f64::from(g)));
+    let (max_rel_error, agrees) = match op {
+        Op::Forward => workload::agreement(loss_pairs, tol),
+        Op::Backward => workload::agreement(grad_pairs, tol),
+        Op::ForwardBackward => workload::agreement(loss_pairs.chain(grad_pairs), tol),
+    };
+    let problems: Vec<_> = (0..=cell.copies.len())
+        .map(|k| w.problem_on(cell.logits(k)))
+        .collect();
+    let timing = time_calls(budget, |rep| {
+        let p = &problems[rep % problems.len()];
+        match op {
+            Op::Forward => backend.forward_into(p, &mut loss),
+            Op::Backward => backend.backward_into(p, up, &mut grad),
+            Op::ForwardBackward => backend.forward_backward_into(p, up, &mut loss, &mut grad),
+        }
+    })?;
+    let elements = w.logits.len();
+    let eps = elements as f64 / (timing.median_ns * 1e-9);
+    let bps = eps * op.bytes_per_element();
+    let bw = divisor(bandwidth, op, instance.threads);
+    Ok(CellResult {
+        backend: backend.name().to_string(),
+        variant: String::new(),
+        op,
+        batch: w.shape[0],
+        classes: w.shape[1],
+        threads: instance.threads,
+        elements,
+        median_ns: timing.median_ns,
+        min_ns: timing.min_ns,
+        spread: timing.spread,
+        reps: timing.reps,
+        elements_per_second: eps,
+        bytes_per_second: bps,
+        bandwidth_gbps: bw,
+        bandwidth_fraction: bps / (bw * 1e9),
+        in_cache: cell.in_cache,
+        max_rel_error,
+        agrees,
+        note: None,
+    })
+}
+
+/// Runs the whole grid.
+pub fn run(opts: &RunOptions) -> RunReport {
+    let created_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut skipped = Vec::new();
+    let instances = instances(opts, &mut skipped);
+    let bandwidth = probe_bandwidth(&opts.threads, opts.quick);
+    let budget = TimingBudget::for_run(opts.quick);
+    let mut cells = Vec::new();
+    for &batch in &opts.batch {
+        for &classes in &opts.classes {
+            let bytes = batch.saturating_mul(classes).saturating_mul(4);
+            if bytes > opts.max_bytes {
+                skipped.push(skip(
+                    "",
+                    batch,
+                    classes,
+                    format!(
+                        "{bytes} bytes of logits exceed the cap of {} (--max-bytes)",
+                        opts.max_bytes
+                    ),
+                ));
+            } else if batch == 0 || classes == 0 {
+                skipped.push(skip("", batch, classes, "empty cell".into()));
+            } else {
+                cells.push((batch, classes));
+            }
+        }
+    }
+    let total = (cells.len() * instances.len() * opts.ops.len()) as u64;
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut results = Vec::new();
+    let mut python = if opts.python_peers {
+        match crate::peers::PythonPeers::detect() {
+            Ok(p) => Some(p),
+            Err(reason) => {
+                skipped.push(skip("pytorch/jax", 0, 0, reason));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    for (batch, classes) in cells {
+        bar.set_message(format!("{batch}x{classes}: reference"));
+        let cell = Cell::new(opts, batch, classes);
+        for instance in &instances {
+            for &op in &opts.ops {
+                bar.set_message(format!(
+                    "{batch}x{classes} {} {op}",
+                    instance.backend.name()
+                ));
+                match measure(&cell, instance, op, &bandwidth, budget) {
+                    Ok(r) => results.push(r),
+                    Err(e) => skipped.push(skip(
+                        instance.backend.name(),
+                        batch,
+                        classes,
+                        format!("{op}: {e}"),
+                    )),
+                }
+                bar.inc(1);
+            }
+        }
+        if let Some(py) = python.as_mut() {
+            if batch * classes > opts.peer_max_elements {
+                skipped.push(skip(
+                    "pytorch/jax",
+                    batch,
+                    classes,
+                    format!(
+                        "more than {} logits (--peer-max-elements)",
+                        opts.peer_max_elements
+                    ),
+                ));
+            } else if let Err(e) = py.add_cell(&cell) {
+                skipped.push(skip("pytorch/jax", batch, classes, e));
+            }
+        }
+    }
+    if let Some(py) = python {
+        bar.set_message("python peers");
+        py.run(opts, &bandwidth, &mut results, &mut skipped);
+    }
+    bar.finish_and_clear();
+    let summary = schema::fastest(&results);
+    RunReport {
+        schema: schema::SCHEMA.to_string(),
+        created_unix,
+        machine: machine(&bandwidth),
+        config: RunConfig {
+            batch: opts.batch.clone(),
+            classes: opts.classes.clone(),
+            ops: opts.ops.clone(),
+            threads: opts.threads.clone(),
+            weighted: opts.weighted,
+            reduction: opts.reduction.as_str().to_string(),
+            max_bytes: opts.max_bytes,
+            quick: opts.quick,
+            seed: opts.seed,
+        },
+        results,
+        skipped,
+        summary,
+    }
+}

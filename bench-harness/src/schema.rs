@@ -1,0 +1,263 @@
+//! The JSON schema of `loss-bench run` results (`schema: "loss-bench/1"`), documented field by
+//! field in `bench-harness/SCHEMA.md`. Fields are only ever added within a schema version.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bandwidth::Bandwidth;
+
+/// The schema tag written into every result file.
+pub const SCHEMA: &str = "loss-bench/1";
+
+/// What is timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// The loss alone (reads the logits once).
+    Forward,
+    /// The gradient alone, for a given upstream gradient (reads logits, writes the gradient).
+    Backward,
+    /// Loss and gradient in one call.
+    ForwardBackward,
+}
+
+impl Op {
+    /// Every operation, in report order.
+    pub const ALL: [Op; 3] = [Op::Forward, Op::Backward, Op::ForwardBackward];
+
+    /// The snake-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Forward => "forward",
+            Op::Backward => "backward",
+            Op::ForwardBackward => "forward_backward",
+        }
+    }
+
+    /// Bytes of memory traffic per logit: 4 read for forward; 4 read and 4 written otherwise.
+    pub fn bytes_per_element(self) -> f64 {
+        match self {
+            Op::Forward => 4.0,
+            Op::Backward | Op::ForwardBackward => 8.0,
+        }
+    }
+
+    /// Parses a name (`forward-backward` and `fused` are accepted for `forward_backward`).
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "forward" | "fwd" => Some(Op::Forward),
+            "backward" | "bwd" => Some(Op::Backward),
+            "forward_backward" | "forward-backward" | "fused" => Some(Op::ForwardBackward),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The machine the run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// CPU model name.
+    pub cpu: String,
+    /// Logical cores available to the process.
+    pub cores: usize,
+    /// Single-thread read bandwidth measured at the start of the run, GB/s.
+    pub read_bandwidth_gbps: f64,
+    /// Single-thread copy bandwidth (read + write bytes), GB/s.
+    pub copy_bandwidth_gbps: f64,
+    /// Bandwidth for every thread count the run used.
+    pub bandwidth: Vec<Bandwidth>,
+    /// Last-level cache size in bytes.
+    pub llc_bytes: usize,
+    /// `std::env::consts::ARCH`.
+    pub arch: String,
+    /// `std::env::consts::OS`.
+    pub os: String,
+    /// Versions of the workspace crates that produced the numbers.
+    pub crate_versions: BTreeMap<String, String>,
+}
+
+/// How the run was configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Batch sizes of the grid.
+    pub batch: Vec<usize>,
+    /// Class counts of the grid.
+    pub classes: Vec<usize>,
+    /// Operations timed.
+    pub ops: Vec<Op>,
+    /// Thread counts given to parallel backends.
+    pub threads: Vec<usize>,
+    /// Whether class weights were used.
+    pub weighted: bool,
+    /// The reduction (`none`, `sum`, `mean`).
+    pub reduction: String,
+    /// Cells whose logits exceed this many bytes are skipped.
+    pub max_bytes: usize,
+    /// Whether this was a `--quick` run.
+    pub quick: bool,
+    /// Seed of the random inputs.
+    pub seed: u64,
+}
+
+/// One timed configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellResult {
+    /// Backend name (`cpu`, `rayon`, `wgpu`, `pytorch`, …).
+    pub backend: String,
+    /// A variant of the backend (`resident` for device-resident GPU timing), or empty.
+    #[serde(default)]
+    pub variant: String,
+    /// What was timed.
+    pub op: Op,
+    /// `N`.
+    pub batch: usize,
+    /// `C`.
+    pub classes: usize,
+    /// Threads the backend ran on.
+    pub threads: usize,
+    /// `N·C`, the logits processed per call.
+    pub elements: usize,
+    /// Median wall time of one call, ns.
+    pub median_ns: f64,
+    /// Fastest call, ns.
+    pub min_ns: f64,
+    /// (90th − 10th percentile) / median of the call times.
+    pub spread: f64,
+    /// Timed calls.
+    pub reps: usize,
+    /// `elements / median`.
+    pub elements_per_second: f64,
+    /// Memory traffic per second (4 bytes a logit forward, 8 otherwise).
+    pub bytes_per_second: f64,
+    /// The bandwidth divided by, GB/s: read for forward, copy otherwise, at this thread count.
+    pub bandwidth_gbps: f64,
+    /// `bytes_per_second / bandwidth`. Can exceed 1 when `in_cache`.
+    pub bandwidth_fraction: f64,
+    /// Whether the data the timed calls touch fits in the last-level cache.
+    pub in_cache: bool,
+    /// Largest `|got − ref| / (|ref| + atol/rtol)` over every output element against the
+    /// reference on this exact input (NaN/inf mismatches count as infinite).
+    pub max_rel_error: f64,
+    /// Whether every element is within the backend's tolerance of the reference.
+    pub agrees: bool,
+    /// Anything a reader should know (e.g. how a peer was run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl CellResult {
+    /// The key that identifies the same measurement across runs.
+    pub fn key(&self) -> (String, String, Op, usize, usize, usize) {
+        (
+            self.backend.clone(),
+            self.variant.clone(),
+            self.op,
+            self.batch,
+            self.classes,
+            self.threads,
+        )
+    }
+
+    /// The backend and variant as one label (`wgpu/resident`).
+    pub fn label(&self) -> String {
+        if self.variant.is_empty() {
+            self.backend.clone()
+        } else {
+            format!("{}/{}", self.backend, self.variant)
+        }
+    }
+}
+
+/// A configuration that was not measured, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The backend, or empty when the whole cell was skipped.
+    pub backend: String,
+    /// `N` (0 when a whole backend was skipped).
+    pub batch: usize,
+    /// `C` (0 when a whole backend was skipped).
+    pub classes: usize,
+    /// Why.
+    pub reason: String,
+}
+
+/// The fastest agreeing backend of one cell and operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fastest {
+    /// What was timed.
+    pub op: Op,
+    /// `N`.
+    pub batch: usize,
+    /// `C`.
+    pub classes: usize,
+    /// The winner's label (backend, or backend/variant).
+    pub backend: String,
+    /// Its thread count.
+    pub threads: usize,
+    /// Its throughput.
+    pub elements_per_second: f64,
+}
+
+/// A whole result file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// Seconds since the Unix epoch when the run started.
+    pub created_unix: u64,
+    /// The machine.
+    pub machine: Machine,
+    /// The configuration.
+    pub config: RunConfig,
+    /// Every timed configuration.
+    pub results: Vec<CellResult>,
+    /// What was not measured.
+    pub skipped: Vec<Skipped>,
+    /// The fastest agreeing backend per cell and operation.
+    pub summary: Vec<Fastest>,
+}
+
+impl RunReport {
+    /// Reads a result file, checking its schema tag.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let report: RunReport =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if report.schema != SCHEMA {
+            return Err(format!(
+                "{}: schema {:?}, expected {SCHEMA:?}",
+                path.display(),
+                report.schema
+            ));
+        }
+        Ok(report)
+    }
+}
+
+/// The fastest agreeing result per (op, batch, classes); disagreeing results never win.
+pub fn fastest(results: &[CellResult]) -> Vec<Fastest> {
+    let mut best: BTreeMap<(Op, usize, usize), &CellResult> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.agrees) {
+        let slot = best.entry((r.op, r.batch, r.classes)).or_insert(r);
+        if r.elements_per_second > slot.elements_per_second {
+            *slot = r;
+        }
+    }
+    best.into_iter()
+        .map(|((op, batch, classes), r)| Fastest {
+            op,
+            batch,
+            classes,
+            backend: r.label(),
+            threads: r.threads,
+            elements_per_second: r.elements_per_second,
+        })
+        .collect()
+}
