@@ -26,7 +26,6 @@ pub struct BackendSpec {
 
 /// Every backend, in report order.
 pub fn registry() -> Vec<BackendSpec> {
-    #[allow(unused_mut)] // only the `peers` feature adds to it
     let mut specs = vec![BackendSpec {
         name: "reference",
         parallel: false,
@@ -34,6 +33,31 @@ pub fn registry() -> Vec<BackendSpec> {
         peer: false,
         build: |_| Ok(Box::new(ReferenceBackend::new())),
     }];
+    specs.push(BackendSpec {
+        name: "cpu",
+        parallel: false,
+        timed_by_default: true,
+        peer: false,
+        build: |_| Ok(Box::new(loss_cpu::CpuBackend::new())),
+    });
+    specs.push(BackendSpec {
+        name: "rayon",
+        parallel: true,
+        timed_by_default: true,
+        peer: false,
+        build: |c| {
+            Ok(Box::new(loss_rayon::RayonBackend::new(
+                c.threads.unwrap_or(0),
+            )?))
+        },
+    });
+    specs.push(BackendSpec {
+        name: "wgpu",
+        parallel: false,
+        timed_by_default: true,
+        peer: false,
+        build: |_| Ok(Box::new(loss_wgpu::WgpuBackend::new()?)),
+    });
     #[cfg(feature = "peers")]
     specs.push(BackendSpec {
         name: "candle",

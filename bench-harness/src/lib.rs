@@ -21,4 +21,9 @@ pub mod verify;
 pub mod workload;
 
 /// Versions of the workspace crates linked into this harness.
-pub const CRATE_VERSIONS: &[(&str, &str)] = &[("loss-core", loss_core::VERSION)];
+pub const CRATE_VERSIONS: &[(&str, &str)] = &[
+    ("loss-core", loss_core::VERSION),
+    ("loss-cpu", loss_cpu::VERSION),
+    ("loss-rayon", loss_rayon::VERSION),
+    ("loss-wgpu", loss_wgpu::VERSION),
+];

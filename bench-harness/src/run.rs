@@ -6,11 +6,14 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use loss_core::conformance::Tolerance;
-use loss_core::{LossBackend, LossError, Reduction};
+use std::sync::Arc;
+
+use loss_core::{LossBackend, LossError, Problem, Reduction};
+use loss_wgpu::WgpuBackend;
 
 use crate::backends::{self, BackendConfig};
 use crate::bandwidth::{self, Bandwidth};
-use crate::schema::{self, CellResult, Machine, Op, RunConfig, RunReport, Skipped};
+use crate::schema::{self, CellResult, Device, Machine, Op, RunConfig, RunReport, Skipped};
 use crate::workload::{self, ReferenceAnswer, Workload};
 
 /// Everything `run` needs to know.
@@ -90,6 +93,8 @@ pub struct TimingBudget {
     pub max_samples: usize,
     /// Stop once this much time has been spent (after `min_samples`).
     pub target: Duration,
+    /// A configuration whose single call takes longer than this is skipped, not timed.
+    pub max_call: Duration,
 }
 
 impl TimingBudget {
@@ -100,12 +105,14 @@ impl TimingBudget {
                 min_samples: 3,
                 max_samples: 30,
                 target: Duration::from_millis(25),
+                max_call: Duration::from_secs(1),
             }
         } else {
             TimingBudget {
                 min_samples: 7,
                 max_samples: 200,
                 target: Duration::from_millis(300),
+                max_call: Duration::from_secs(5),
             }
         }
     }
@@ -122,11 +129,17 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 pub fn time_calls(
     budget: TimingBudget,
     mut call: impl FnMut(usize) -> Result<(), LossError>,
-) -> Result<Timing, LossError> {
-    call(0)?;
+) -> Result<Timing, String> {
+    call(0).map_err(|e| e.to_string())?;
     let t = Instant::now();
-    call(1)?;
+    call(1).map_err(|e| e.to_string())?;
     let one = t.elapsed().as_secs_f64().max(1e-9);
+    if one > budget.max_call.as_secs_f64() {
+        return Err(format!(
+            "one call took {one:.2} s, over the per-call budget of {:.0} s",
+            budget.max_call.as_secs_f64()
+        ));
+    }
     let per_sample = ((20e-6 / one).ceil() as usize).clamp(1, 100_000);
     let mut samples = Vec::new();
     let start = Instant::now();
@@ -136,7 +149,7 @@ pub fn time_calls(
     {
         let t = Instant::now();
         for _ in 0..per_sample {
-            call(rep)?;
+            call(rep).map_err(|e| e.to_string())?;
             rep += 1;
         }
         samples.push(t.elapsed().as_secs_f64() * 1e9 / per_sample as f64);
@@ -157,6 +170,42 @@ pub struct Instance {
     pub backend: Box<dyn LossBackend>,
     /// Its thread count.
     pub threads: usize,
+    /// The same backend as a device that can keep problems resident (wgpu), timed a second
+    /// time as the `resident` variant.
+    pub device: Option<Arc<WgpuBackend>>,
+}
+
+/// An `Arc`'d wgpu backend as a [`LossBackend`], so that the end-to-end and the resident timings
+/// share one device.
+struct SharedWgpu(Arc<WgpuBackend>);
+
+impl LossBackend for SharedWgpu {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<(), LossError> {
+        self.0.forward_into(problem, loss)
+    }
+    fn backward_into(
+        &self,
+        problem: &Problem<'_>,
+        g: &[f32],
+        grad: &mut [f32],
+    ) -> Result<(), LossError> {
+        self.0.backward_into(problem, g, grad)
+    }
+    fn forward_backward_into(
+        &self,
+        problem: &Problem<'_>,
+        g: &[f32],
+        loss: &mut [f32],
+        grad: &mut [f32],
+    ) -> Result<(), LossError> {
+        self.0.forward_backward_into(problem, g, loss, grad)
+    }
+    fn tolerance(&self, file: Tolerance) -> Tolerance {
+        self.0.tolerance(file)
+    }
 }
 
 /// Builds the backend instances for a run; failures become skip entries.
@@ -179,6 +228,30 @@ pub fn instances(opts: &RunOptions, skipped: &mut Vec<Skipped>) -> Vec<Instance>
                 continue;
             }
         };
+        if spec.name == loss_wgpu::NAME {
+            match WgpuBackend::new() {
+                Ok(b) if b.is_software() && opts.backends.is_empty() => skipped.push(skip(
+                    &name,
+                    0,
+                    0,
+                    format!(
+                        "not timed by default on a software adapter ({}): its speed says nothing \
+                         about a GPU; `--backend wgpu` times it anyway",
+                        b.describe()
+                    ),
+                )),
+                Ok(b) => {
+                    let device = Arc::new(b);
+                    out.push(Instance {
+                        backend: Box::new(SharedWgpu(Arc::clone(&device))),
+                        threads: 1,
+                        device: Some(device),
+                    });
+                }
+                Err(e) => skipped.push(skip(&name, 0, 0, e.to_string())),
+            }
+            continue;
+        }
         let counts = if spec.parallel {
             opts.threads.clone()
         } else {
@@ -188,7 +261,11 @@ pub fn instances(opts: &RunOptions, skipped: &mut Vec<Skipped>) -> Vec<Instance>
             match (spec.build)(BackendConfig {
                 threads: Some(threads),
             }) {
-                Ok(backend) => out.push(Instance { backend, threads }),
+                Ok(backend) => out.push(Instance {
+                    backend,
+                    threads,
+                    device: None,
+                }),
                 Err(e) => skipped.push(skip(&name, 0, 0, e.to_string())),
             }
         }
@@ -239,6 +316,7 @@ pub fn machine(bandwidth: &[Bandwidth]) -> Machine {
         arch: std::env::consts::ARCH.into(),
         os: std::env::consts::OS.into(),
         crate_versions,
+        devices: Vec::new(),
     }
 }
 
@@ -312,14 +390,73 @@ impl Cell {
     }
 }
 
-/// Cross-checks and times one backend on one cell and operation.
+/// Compares a backend's outputs for `op` with the cell's reference answer.
+fn agreement(cell: &Cell, op: Op, loss: &[f32], grad: &[f32], tol: Tolerance) -> (f64, bool) {
+    let loss_pairs = loss.iter().copied().zip(cell.answer.loss.iter().copied());
+    let grad_pairs = grad
+        .iter()
+        .copied()
+        .zip(cell.answer.grad.iter().map(|&g| f64::from(g)));
+    match op {
+        Op::Forward => workload::agreement(loss_pairs, tol),
+        Op::Backward => workload::agreement(grad_pairs, tol),
+        Op::ForwardBackward => workload::agreement(loss_pairs.chain(grad_pairs), tol),
+    }
+}
+
+/// What one timed configuration was, besides its timing and agreement.
+struct Subject<'a> {
+    backend: &'a str,
+    variant: &'a str,
+    threads: usize,
+    op: Op,
+    bandwidth_gbps: f64,
+    in_cache: bool,
+    note: Option<String>,
+}
+
+fn result(
+    cell: &Cell,
+    s: Subject<'_>,
+    timing: Timing,
+    (max_rel_error, agrees): (f64, bool),
+) -> CellResult {
+    let w = &cell.workload;
+    let elements = w.logits.len();
+    let eps = elements as f64 / (timing.median_ns * 1e-9);
+    let bps = eps * s.op.bytes_per_element();
+    CellResult {
+        backend: s.backend.to_string(),
+        variant: s.variant.to_string(),
+        op: s.op,
+        batch: w.shape[0],
+        classes: w.shape[1],
+        threads: s.threads,
+        elements,
+        median_ns: timing.median_ns,
+        min_ns: timing.min_ns,
+        spread: timing.spread,
+        reps: timing.reps,
+        elements_per_second: eps,
+        bytes_per_second: bps,
+        bandwidth_gbps: s.bandwidth_gbps,
+        bandwidth_fraction: bps / (s.bandwidth_gbps * 1e9),
+        in_cache: s.in_cache,
+        max_rel_error,
+        agrees,
+        note: s.note,
+    }
+}
+
+/// Cross-checks and times one backend on one cell and operation, end to end (host slices in,
+/// host slices out, through the [`LossBackend`] methods).
 pub fn measure(
     cell: &Cell,
     instance: &Instance,
     op: Op,
-    bandwidth: &[Bandwidth],
+    bandwidth_gbps: f64,
     budget: TimingBudget,
-) -> Result<CellResult, LossError> {
+) -> Result<CellResult, String> {
     let backend = instance.backend.as_ref();
     let w = &cell.workload;
     let p0 = w.problem();
@@ -328,20 +465,12 @@ pub fn measure(
     let up = &cell.upstream;
     let tol: Tolerance = backend.tolerance(loss_core::conformance::DEFAULT_TOLERANCE);
     match op {
-        Op::Forward => backend.forward_into(&p0, &mut loss)?,
-        Op::Backward => backend.backward_into(&p0, up, &mut grad)?,
-        Op::ForwardBackward => backend.forward_backward_into(&p0, up, &mut loss, &mut grad)?,
+        Op::Forward => backend.forward_into(&p0, &mut loss),
+        Op::Backward => backend.backward_into(&p0, up, &mut grad),
+        Op::ForwardBackward => backend.forward_backward_into(&p0, up, &mut loss, &mut grad),
     }
-    let loss_pairs = loss.iter().copied().zip(cell.answer.loss.iter().copied());
-    let grad_pairs = grad
-        .iter()
-        .copied()
-        .zip(cell.answer.grad.iter().map(|&g| f64::from(g)));
-    let (max_rel_error, agrees) = match op {
-        Op::Forward => workload::agreement(loss_pairs, tol),
-        Op::Backward => workload::agreement(grad_pairs, tol),
-        Op::ForwardBackward => workload::agreement(loss_pairs.chain(grad_pairs), tol),
-    };
+    .map_err(|e| e.to_string())?;
+    let checked = agreement(cell, op, &loss, &grad, tol);
     let problems: Vec<_> = (0..=cell.copies.len())
         .map(|k| w.problem_on(cell.logits(k)))
         .collect();
@@ -353,31 +482,73 @@ pub fn measure(
             Op::ForwardBackward => backend.forward_backward_into(p, up, &mut loss, &mut grad),
         }
     })?;
-    let elements = w.logits.len();
-    let eps = elements as f64 / (timing.median_ns * 1e-9);
-    let bps = eps * op.bytes_per_element();
-    let bw = divisor(bandwidth, op, instance.threads);
-    Ok(CellResult {
-        backend: backend.name().to_string(),
-        variant: String::new(),
-        op,
-        batch: w.shape[0],
-        classes: w.shape[1],
+    let subject = Subject {
+        backend: backend.name(),
+        variant: "",
         threads: instance.threads,
-        elements,
-        median_ns: timing.median_ns,
-        min_ns: timing.min_ns,
-        spread: timing.spread,
-        reps: timing.reps,
-        elements_per_second: eps,
-        bytes_per_second: bps,
-        bandwidth_gbps: bw,
-        bandwidth_fraction: bps / (bw * 1e9),
+        op,
+        bandwidth_gbps,
         in_cache: cell.in_cache,
-        max_rel_error,
-        agrees,
-        note: None,
+        note: instance
+            .device
+            .as_ref()
+            .map(|d| format!("end to end on {}", d.describe())),
+    };
+    Ok(result(cell, subject, timing, checked))
+}
+
+/// Cross-checks and times a device backend with the problem uploaded once: forward reads back
+/// the loss only, backward leaves the gradient on the device (synchronised), forward+backward
+/// reads back the loss and leaves the gradient there.
+pub fn measure_resident(
+    cell: &Cell,
+    device: &WgpuBackend,
+    op: Op,
+    bandwidth_gbps: f64,
+    budget: TimingBudget,
+) -> Result<CellResult, String> {
+    let w = &cell.workload;
+    let p0 = w.problem();
+    let mut resident = device.upload(&p0).map_err(|e| e.to_string())?;
+    let mut loss = vec![0.0f32; p0.loss_len()];
+    let mut grad = vec![0.0f32; w.logits.len()];
+    let up = &cell.upstream;
+    match op {
+        Op::Forward => resident.forward_into(&mut loss),
+        Op::Backward => resident.backward(up),
+        Op::ForwardBackward => resident.forward_backward_into(up, &mut loss),
+    }
+    .and_then(|()| {
+        if op == Op::Forward {
+            Ok(())
+        } else {
+            resident.read_grad(&mut grad)
+        }
     })
+    .map_err(|e| e.to_string())?;
+    let checked = agreement(
+        cell,
+        op,
+        &loss,
+        &grad,
+        device.tolerance(loss_core::conformance::DEFAULT_TOLERANCE),
+    );
+    let timing = time_calls(budget, |_| match op {
+        Op::Forward => resident.forward_into(&mut loss),
+        Op::Backward => resident.backward(up),
+        Op::ForwardBackward => resident.forward_backward_into(up, &mut loss),
+    })?;
+    let subject = Subject {
+        backend: device.name(),
+        variant: "resident",
+        threads: 1,
+        op,
+        bandwidth_gbps,
+        // One buffer set, reused: it stays in cache when it fits.
+        in_cache: 2 * w.bytes() <= bandwidth::last_level_cache_bytes(),
+        note: Some(format!("resident on {}", device.describe())),
+    };
+    Ok(result(cell, subject, timing, checked))
 }
 
 /// Runs the whole grid.
@@ -388,6 +559,31 @@ pub fn run(opts: &RunOptions) -> RunReport {
     let mut skipped = Vec::new();
     let instances = instances(opts, &mut skipped);
     let bandwidth = probe_bandwidth(&opts.threads, opts.quick);
+    let mut devices = Vec::new();
+    for instance in &instances {
+        if let Some(d) = &instance.device {
+            let probe_bytes = bandwidth::default_probe_bytes() as u64;
+            match d.measure_copy_bandwidth(probe_bytes, if opts.quick { 3 } else { 5 }) {
+                Ok(gbps) => devices.push(Device {
+                    backend: d.name().to_string(),
+                    adapter: d.describe(),
+                    copy_bandwidth_gbps: gbps,
+                }),
+                Err(e) => skipped.push(skip(d.name(), 0, 0, format!("bandwidth probe: {e}"))),
+            }
+        }
+    }
+    // A device backend is divided by its device's bandwidth; the others by the host's.
+    let divisor_of = |instance: &Instance, op: Op| {
+        instance
+            .device
+            .as_ref()
+            .and_then(|d| devices.iter().find(|x| x.backend == d.name()))
+            .map_or_else(
+                || divisor(&bandwidth, op, instance.threads),
+                |x| x.copy_bandwidth_gbps,
+            )
+    };
     let budget = TimingBudget::for_run(opts.quick);
     let mut cells = Vec::new();
     for &batch in &opts.batch {
@@ -410,7 +606,8 @@ pub fn run(opts: &RunOptions) -> RunReport {
             }
         }
     }
-    let total = (cells.len() * instances.len() * opts.ops.len()) as u64;
+    let timed = instances.len() + instances.iter().filter(|i| i.device.is_some()).count();
+    let total = (cells.len() * timed * opts.ops.len()) as u64;
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::new(total)
     } else {
@@ -441,7 +638,8 @@ pub fn run(opts: &RunOptions) -> RunReport {
                     "{batch}x{classes} {} {op}",
                     instance.backend.name()
                 ));
-                match measure(&cell, instance, op, &bandwidth, budget) {
+                let bw = divisor_of(instance, op);
+                match measure(&cell, instance, op, bw, budget) {
                     Ok(r) => results.push(r),
                     Err(e) => skipped.push(skip(
                         instance.backend.name(),
@@ -451,6 +649,18 @@ pub fn run(opts: &RunOptions) -> RunReport {
                     )),
                 }
                 bar.inc(1);
+                if let Some(device) = &instance.device {
+                    match measure_resident(&cell, device, op, bw, budget) {
+                        Ok(r) => results.push(r),
+                        Err(e) => skipped.push(skip(
+                            device.name(),
+                            batch,
+                            classes,
+                            format!("resident {op}: {e}"),
+                        )),
+                    }
+                    bar.inc(1);
+                }
             }
         }
         if let Some(py) = python.as_mut() {
@@ -478,7 +688,10 @@ pub fn run(opts: &RunOptions) -> RunReport {
     RunReport {
         schema: schema::SCHEMA.to_string(),
         created_unix,
-        machine: machine(&bandwidth),
+        machine: Machine {
+            devices,
+            ..machine(&bandwidth)
+        },
         config: RunConfig {
             batch: opts.batch.clone(),
             classes: opts.classes.clone(),

@@ -81,6 +81,21 @@ pub struct Machine {
     pub os: String,
     /// Versions of the workspace crates that produced the numbers.
     pub crate_versions: BTreeMap<String, String>,
+    /// Devices of device backends (wgpu) and the copy bandwidth measured on each in this run.
+    #[serde(default)]
+    pub devices: Vec<Device>,
+}
+
+/// A device backend's adapter and its measured bandwidth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    /// The backend (`wgpu`).
+    pub backend: String,
+    /// The adapter, as the backend describes it.
+    pub adapter: String,
+    /// Device-to-device copy bandwidth (read + write bytes per second), GB/s: the divisor of
+    /// this backend's rows.
+    pub copy_bandwidth_gbps: f64,
 }
 
 /// How the run was configured.

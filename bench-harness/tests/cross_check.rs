@@ -1,6 +1,5 @@
 //! A backend that disagrees with the reference is flagged and never counted as fastest.
 
-use bench_harness::bandwidth::Bandwidth;
 use bench_harness::run::{Cell, Instance, RunOptions, TimingBudget, measure};
 use bench_harness::schema::{Op, fastest};
 use loss_core::{LossBackend, Problem, ReferenceBackend, Result};
@@ -29,22 +28,19 @@ fn disagreeing_backend_is_flagged_and_never_fastest() {
         ..RunOptions::default()
     };
     let cell = Cell::new(&opts, 8, 50);
-    let bw = [Bandwidth {
-        threads: 1,
-        read_gbps: 10.0,
-        copy_gbps: 10.0,
-    }];
     let budget = TimingBudget::for_run(true);
     let skewed = Instance {
         backend: Box::new(Skewed),
         threads: 1,
+        device: None,
     };
     let reference = Instance {
         backend: Box::new(ReferenceBackend),
         threads: 1,
+        device: None,
     };
-    let mut bad = measure(&cell, &skewed, Op::Forward, &bw, budget).unwrap();
-    let good = measure(&cell, &reference, Op::Forward, &bw, budget).unwrap();
+    let mut bad = measure(&cell, &skewed, Op::Forward, 10.0, budget).unwrap();
+    let good = measure(&cell, &reference, Op::Forward, 10.0, budget).unwrap();
     assert!(!bad.agrees && bad.max_rel_error > 1e-3);
     assert!(good.agrees);
     // Even when it is far faster, the wrong backend does not win.

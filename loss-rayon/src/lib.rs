@@ -1,2 +1,247 @@
-//! loss-rayon: the deterministic rayon-parallel backend built on `loss-cpu`'s row kernels (work in
-//! progress; see the workspace README).
+//! # loss-rayon: deterministic multi-threaded cross-entropy
+//!
+//! [`RayonBackend`] distributes loss-cpu's row kernels over a thread pool of its own; it has no
+//! kernels of its own. Two paths, chosen from the problem's shape alone:
+//!
+//! - **Rows in blocks.** loss-cpu's [`Plan`] cuts the positions into fixed units of whole rows
+//!   (about 256 positions each). Units run in parallel, each returning its `f64` loss partial and
+//!   writing its own span of the gradient; the partials are then added in unit order. That is
+//!   exactly the order [`loss_cpu::CpuBackend`] adds them in, so the result has the same bits as
+//!   loss-cpu's, for any thread count.
+//! - **Few rows, huge vocabularies** (at most [`split::SPLIT_MAX_ROWS`] rows of at least
+//!   [`split::SPLIT_MIN_CLASSES`] classes: LLM decoding, small batches): each row's classes are
+//!   cut into fixed chunks whose mergeable partial states ([`RowPartial`], built on loss-cpu's
+//!   [`LseState`]) are computed in parallel and merged in chunk order; the gradient chunks are
+//!   then written in parallel. The chunks depend on the shape only, so the bits do not depend
+//!   on the thread count either.
+//!
+//! Reductions are never `par_iter().sum()` on floats: every float sum has a fixed order.
+//!
+//! Below [`SEQUENTIAL_BELOW`] logits the work runs on the calling thread (same units, same
+//! order, same bits), so tiny problems pay no parallel overhead.
+//!
+//! [`Plan`]: loss_cpu::kernel::Plan
+//! [`LseState`]: loss_cpu::kernel::LseState
+
+pub mod split;
+
+use loss_core::{LossBackend, LossError, Problem, Reduction, Result};
+use loss_cpu::kernel::Plan;
+use rayon::prelude::*;
+
+pub use loss_cpu::kernel::LseState;
+pub use split::RowPartial;
+
+/// Problems with fewer logits than this run on the calling thread. Measured on the 2-core
+/// reference machine with `loss-bench run --backend cpu --backend rayon` (see the README): below
+/// about 32K logits the cost of waking the pool (a few µs) exceeds the work saved.
+pub const SEQUENTIAL_BELOW: usize = 32 * 1024;
+
+/// Logits per rayon task at least (groups of units), so small-row problems do not drown in
+/// task overhead.
+const MIN_TASK_LOGITS: usize = 64 * 1024;
+
+/// One unit's job: its index, its loss partial, its gradient span and its `none` losses.
+type UnitJob<'a> = (
+    usize,
+    ((&'a mut f64, Option<&'a mut [f32]>), Option<&'a mut [f32]>),
+);
+
+/// The rayon backend (`name() == "rayon"`), with a thread pool of its own.
+pub struct RayonBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    sequential_below: usize,
+}
+
+impl std::fmt::Debug for RayonBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RayonBackend")
+            .field("threads", &self.threads)
+            .field("sequential_below", &self.sequential_below)
+            .finish()
+    }
+}
+
+impl RayonBackend {
+    /// A backend on `threads` threads (0: one per available core). The pool is its own: no
+    /// global rayon state is touched.
+    pub fn new(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("loss-rayon-{i}"))
+            .build()
+            .map_err(|e| LossError::Unavailable {
+                backend: "rayon".into(),
+                reason: format!("cannot start a pool of {threads} threads: {e}"),
+            })?;
+        Ok(RayonBackend {
+            pool,
+            threads,
+            sequential_below: SEQUENTIAL_BELOW,
+        })
+    }
+
+    /// Overrides the sequential threshold (in logits); 0 forces the parallel path everywhere
+    /// (the determinism tests use it). Does not change any result bit.
+    pub fn with_sequential_below(mut self, logits: usize) -> Self {
+        self.sequential_below = logits;
+        self
+    }
+
+    /// The number of threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn parallel(&self, problem: &Problem<'_>) -> bool {
+        self.threads > 1 && problem.logits().len() >= self.sequential_below
+    }
+
+    /// Runs `f` in the pool when parallel, else on this thread.
+    fn in_pool<T: Send>(&self, parallel: bool, f: impl FnOnce() -> T + Send) -> T {
+        if parallel { self.pool.install(f) } else { f() }
+    }
+
+    /// The block path on the pool: units in parallel, partials added in unit order.
+    fn units(
+        &self,
+        problem: &Problem<'_>,
+        loss: Option<&mut [f32]>,
+        grad: Option<(&[f32], &mut [f32])>,
+    ) {
+        let plan = Plan::new(problem);
+        let units = plan.units();
+        let none = plan.reduction() == Reduction::None;
+        let logits = problem.logits();
+        // D of the mean, from per-unit partials added in unit order (as loss-cpu does).
+        let denominator = if plan.reduction() == Reduction::Mean {
+            let mut parts = vec![0.0f64; units];
+            parts
+                .par_iter_mut()
+                .enumerate()
+                .with_min_len(64)
+                .for_each(|(u, d)| *d = plan.denominator_partial(u));
+            parts.iter().fold(0.0, |a, &d| a + d)
+        } else {
+            f64::NAN
+        };
+        if units == 0 {
+            if let Some(loss) = loss
+                && !none
+            {
+                loss[0] = plan.reduce(0.0, denominator);
+            }
+            return;
+        }
+        let span = plan.unit_logits(0).len();
+        let positions = plan.unit_positions(0).len();
+        let min_len = MIN_TASK_LOGITS.div_ceil(span).max(1);
+        // One job per unit: its loss partial, and its own spans of the gradient and (for `none`)
+        // of the per-position losses. The spans are disjoint, so the jobs can run anywhere.
+        let mut partials = vec![0.0f64; units];
+        let (scalar_loss, none_losses) = match loss {
+            Some(l) if none => (None, Some(l)),
+            other => (other, None),
+        };
+        let mut loss_spans: Vec<Option<&mut [f32]>> = match none_losses {
+            Some(l) => l.chunks_mut(positions).map(Some).collect(),
+            None => (0..units).map(|_| None).collect(),
+        };
+        let (scale, mut grad_spans): (_, Vec<Option<&mut [f32]>>) = match grad {
+            Some((grad_output, g)) => (
+                Some(plan.grad_scale(grad_output, denominator)),
+                g.chunks_mut(span).map(Some).collect(),
+            ),
+            None => (None, (0..units).map(|_| None).collect()),
+        };
+        let job = |(u, ((partial, g), l)): UnitJob<'_>| {
+            let x = &logits[plan.unit_logits(u)];
+            *partial = match (g, scale) {
+                (Some(g), Some(scale)) => plan.fused_unit(u, x, scale, l, g),
+                _ => plan.forward_unit(u, x, l),
+            };
+        };
+        let jobs = partials
+            .iter_mut()
+            .zip(grad_spans.iter_mut().map(Option::take));
+        let jobs = jobs
+            .zip(loss_spans.iter_mut().map(Option::take))
+            .enumerate();
+        jobs.collect::<Vec<_>>()
+            .into_par_iter()
+            .with_min_len(min_len)
+            .for_each(job);
+        if let Some(loss) = scalar_loss {
+            // The partials in unit order: loss-cpu's order, hence loss-cpu's bits.
+            let total = partials.iter().fold(0.0, |a, &p| a + p);
+            loss[0] = plan.reduce(total, denominator);
+        }
+    }
+
+    fn dispatch(
+        &self,
+        problem: &Problem<'_>,
+        loss: Option<&mut [f32]>,
+        grad: Option<(&[f32], &mut [f32])>,
+    ) -> Result<()> {
+        let parallel = self.parallel(problem);
+        if split::splits_rows(problem) {
+            self.in_pool(parallel, || split::run(problem, parallel, loss, grad));
+            return Ok(());
+        }
+        if !parallel {
+            // The sequential block path is loss-cpu's own loop: call it, with no bookkeeping.
+            let cpu = loss_cpu::CpuBackend::new();
+            return match (loss, grad) {
+                (Some(l), Some((g, out))) => cpu.forward_backward_into(problem, g, l, out),
+                (Some(l), None) => cpu.forward_into(problem, l),
+                (None, Some((g, out))) => cpu.backward_into(problem, g, out),
+                (None, None) => Ok(()),
+            };
+        }
+        self.in_pool(true, || self.units(problem, loss, grad));
+        Ok(())
+    }
+}
+
+impl LossBackend for RayonBackend {
+    fn name(&self) -> &str {
+        "rayon"
+    }
+
+    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
+        problem.check_loss_buffer(loss)?;
+        self.dispatch(problem, Some(loss), None)
+    }
+
+    fn backward_into(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        problem.check_backward(grad_output, grad)?;
+        self.dispatch(problem, None, Some((grad_output, grad)))
+    }
+
+    fn forward_backward_into(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+        loss: &mut [f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        problem.check_loss_buffer(loss)?;
+        problem.check_backward(grad_output, grad)?;
+        self.dispatch(problem, Some(loss), Some((grad_output, grad)))
+    }
+}
+
+/// This crate's version, for reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,2 +1,254 @@
-//! loss-wgpu: the WGSL compute-shader backend through wgpu (work in progress; see the workspace
-//! README).
+//! # loss-wgpu: weighted softmax cross-entropy in WGSL compute shaders, through wgpu
+//!
+//! [`WgpuBackend`] implements [`loss_core::LossBackend`] on any adapter wgpu finds (Vulkan,
+//! Metal, DX12, GL; Mesa's lavapipe in CI). The semantics are loss-core's, corners included;
+//! see [the crate docs of loss-core](loss_core) for the formulas.
+//!
+//! ## Choosing the adapter
+//!
+//! [`WgpuBackend::new`] reads the environment as wgpu's own tools do: `WGPU_BACKEND` (e.g.
+//! `vulkan`, `metal`, `dx12`, `gl`) restricts the backends, `WGPU_ADAPTER_NAME` picks an adapter
+//! whose name contains the given text, `WGPU_POWER_PREF` (`low`/`high`) the preference
+//! otherwise. Without a usable adapter it returns
+//! [`LossError::Unavailable`](loss_core::LossError::Unavailable), never panics.
+//! [`WgpuBackend::describe`] names the adapter for reports.
+//!
+//! ## How it runs
+//!
+//! Per position: an online `(max, Σ exp)` pass over the classes, a second pass for the
+//! weighted terms when the options need one, then the loss and the gradient
+//! (`src/shaders/row.wgsl`). Rows of up to [`DEFAULT_SERIAL_MAX_CLASSES`] classes run one
+//! position per invocation; wider rows one position per workgroup, whose invocations split the
+//! classes and merge through fixed-shape trees. Sums over positions go through fixed-shape
+//! workgroup trees too (`src/shaders/reduce.wgsl`), so the same input gives the same bits on
+//! every run; nothing uses float atomics. Grids become 2-D past the device's workgroups per
+//! dimension (65,535), and inputs larger than one storage binding are split into several
+//! dispatches over ranges of batch items (an item itself must fit one binding, else
+//! [`LossError::Unsupported`](loss_core::LossError::Unsupported)). [`WgpuOptions`] can lower
+//! these limits, which is how the tests reach the split paths on small data.
+//!
+//! Index targets are uploaded as `u32` (WGSL has no 64-bit integers); `ignore_index` becomes
+//! a reserved value during that conversion, on the host.
+//!
+//! ## Two ways to call it
+//!
+//! - **End to end**: the [`LossBackend`] methods take host slices and return host slices. The
+//!   device buffers behind them are kept and grown across calls.
+//! - **Device resident**: [`WgpuBackend::upload`] copies a problem to the device once and
+//!   returns a [`DeviceProblem`], which runs forward, backward, or both as often as wanted and
+//!   reads back only what is asked:
+//!
+//! ```no_run
+//! use loss_core::{LossOptions, Problem, Target};
+//! use loss_wgpu::WgpuBackend;
+//!
+//! let backend = WgpuBackend::new()?;
+//! let logits = [1.0f32, 2.0, 0.5, -1.0, 0.0, 3.0];
+//! let problem = Problem::new(
+//!     &logits,
+//!     &[2, 3],
+//!     Target::Indices { data: &[1, 2], shape: &[2] },
+//!     LossOptions::new(),
+//! )?;
+//! let mut resident = backend.upload(&problem)?;
+//! let loss = resident.forward()?; // the mean loss only
+//! let loss = resident.forward_backward(&[1.0])?; // loss read back, gradient left on the device
+//! resident.backward(&[1.0])?; // gradient computed, device synchronised, nothing read back
+//! let mut grad = vec![0.0; resident.grad_len()];
+//! resident.read_grad(&mut grad)?; // the gradient, when it is wanted on the host
+//! # Ok::<(), loss_core::LossError>(())
+//! ```
+//!
+//! ## Precision
+//!
+//! Everything is `f32`; sums run in fixed trees of at most a few thousand sequential terms per
+//! invocation, which keeps the conformance tolerance (`rtol 1e-4`, `atol 1e-5`) at `C = 256K`,
+//! so the backend keeps the file's tolerance ([`LossBackend::tolerance`] is not overridden).
+//! `LSE − x` is evaluated as `(max − x) + ln Σ` so that large logits lose no digits. The mean's
+//! denominator `D` (and `W = Σ w`) is summed on the host in `f64` at upload.
+
+mod context;
+mod resident;
+mod workspace;
+
+use std::sync::{Arc, Mutex};
+
+use loss_core::{LossBackend, Problem, Result};
+
+use context::WgpuContext;
+pub use context::{DEFAULT_SERIAL_MAX_CLASSES, WgpuOptions};
+pub use resident::DeviceProblem;
+use workspace::Workspace;
+
+/// The backend's [`LossBackend::name`].
+pub const NAME: &str = "wgpu";
+
+/// Cross-entropy on a wgpu device. `Send + Sync`: calls from several threads take turns on the
+/// backend's reusable buffers (resident problems have buffers of their own).
+pub struct WgpuBackend {
+    ctx: Arc<WgpuContext>,
+    scratch: Mutex<Option<Workspace>>,
+}
+
+impl std::fmt::Debug for WgpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuBackend")
+            .field("adapter", &self.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WgpuBackend {
+    /// Opens the adapter the environment selects (see the [crate docs](crate)); a
+    /// [`LossError::Unavailable`](loss_core::LossError::Unavailable) when there is none.
+    pub fn new() -> Result<Self> {
+        Self::with_options(&WgpuOptions::default())
+    }
+
+    /// [`WgpuBackend::new`] with explicit [`WgpuOptions`] (e.g. a small storage-binding limit
+    /// that forces inputs to be split into several dispatches).
+    pub fn with_options(options: &WgpuOptions) -> Result<Self> {
+        Ok(WgpuBackend {
+            ctx: Arc::new(WgpuContext::new(options)?),
+            scratch: Mutex::new(None),
+        })
+    }
+
+    /// The adapter's information, as wgpu reports it.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.ctx.adapter_info
+    }
+
+    /// One line for reports: adapter name, backend API, device type and driver.
+    pub fn describe(&self) -> String {
+        let info = &self.ctx.adapter_info;
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            info.name, info.backend, info.device_type, info.driver, info.driver_info
+        )
+    }
+
+    /// Whether the adapter is a software rasteriser on the CPU (Mesa's lavapipe/llvmpipe): fine
+    /// for checking correctness, meaningless for timing a GPU.
+    pub fn is_software(&self) -> bool {
+        self.ctx.adapter_info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The largest storage binding this backend uses, in bytes; larger inputs are split.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.ctx.max_binding_bytes
+    }
+
+    /// The device's copy bandwidth in GB/s (bytes read plus bytes written per second): the best
+    /// of `passes` timed `copy_buffer_to_buffer` calls between two buffers of `bytes` bytes
+    /// (capped at the device's buffer-size limit), each waited for. This is what the harness
+    /// divides the resident throughput by, as it divides the CPU backends' throughput by the
+    /// host's measured bandwidth.
+    pub fn measure_copy_bandwidth(&self, bytes: u64, passes: usize) -> Result<f64> {
+        let device = &self.ctx.device;
+        let limit = device.limits().max_buffer_size;
+        let bytes = bytes.min(limit) / 4 * 4;
+        let make = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bandwidth probe"),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let src = make(wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST);
+        let dst = make(wgpu::BufferUsages::COPY_DST);
+        let copy = || -> Result<f64> {
+            let mut encoder =
+                device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+            encoder.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+            let start = std::time::Instant::now();
+            self.ctx.queue.submit([encoder.finish()]);
+            self.ctx.wait()?;
+            Ok(start.elapsed().as_secs_f64())
+        };
+        copy()?; // first touch: the driver may allocate lazily
+        let mut best = f64::INFINITY;
+        for _ in 0..passes.max(1) {
+            best = best.min(copy()?);
+        }
+        Ok(2.0 * bytes as f64 / best / 1e9)
+    }
+
+    /// Copies a validated problem to the device, for repeated runs without host transfers of
+    /// the input (see [`DeviceProblem`]).
+    pub fn upload(&self, problem: &Problem<'_>) -> Result<DeviceProblem> {
+        DeviceProblem::new(Arc::clone(&self.ctx), problem)
+    }
+
+    /// Runs `f` on the backend's reusable workspace, loaded with `problem`.
+    fn with_scratch<T>(
+        &self,
+        problem: &Problem<'_>,
+        f: impl FnOnce(&WgpuContext, &mut Workspace) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.scratch.lock().unwrap_or_else(|poisoned| {
+            // A call panicked while holding the buffers (a mapped staging buffer, say): start
+            // over with fresh ones rather than trust their state.
+            self.scratch.clear_poison();
+            let mut guard = poisoned.into_inner();
+            *guard = None;
+            guard
+        });
+        let ws = guard.get_or_insert_with(|| Workspace::new(&self.ctx));
+        ws.load(&self.ctx, problem)?;
+        f(&self.ctx, ws)
+    }
+}
+
+impl LossBackend for WgpuBackend {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
+        problem.check_loss_buffer(loss)?;
+        self.with_scratch(problem, |ctx, ws| {
+            let at = ws.run(ctx, true, None)?;
+            ws.read(ctx, at, Some(loss), None)
+        })
+    }
+
+    fn backward_into(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        problem.check_backward(grad_output, grad)?;
+        self.with_scratch(problem, |ctx, ws| {
+            ws.run(ctx, false, Some(grad_output))?;
+            ws.read(ctx, None, None, Some(grad))
+        })
+    }
+
+    fn forward_backward_into(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+        loss: &mut [f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        problem.check_loss_buffer(loss)?;
+        problem.check_backward(grad_output, grad)?;
+        self.with_scratch(problem, |ctx, ws| {
+            let at = ws.run(ctx, true, Some(grad_output))?;
+            ws.read(ctx, at, Some(loss), Some(grad))
+        })
+    }
+}
+
+// The trait requires Send + Sync; resident problems are meant to move between threads too.
+const _: fn() = || {
+    fn is<T: Send + Sync>() {}
+    is::<WgpuBackend>();
+    is::<DeviceProblem>();
+};
+
+/// This crate's version, for reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,771 @@
+//! The kernels' loops over one unit: contiguous rows (short rows as lanes, longer ones row by
+//! row) and K-dimensional tiles (positions as lanes).
+
+use core::ops::Range;
+
+use loss_core::{Layout, TargetData};
+use pulp::{Simd, WithSimd};
+
+use super::simd::*;
+use super::{CHUNK, FOLD, GradScale, LseState, MAX_LANES, Plan, Smoothing, origin};
+use crate::exp::exp_shifted;
+
+/// Rows of at most this many classes (index targets) take the rows-as-lanes path.
+const SMALL_C: usize = 32;
+
+/// Rows per group in the contiguous path (see `UnitOp::rows`).
+const GROUP: usize = 16;
+
+/// What the first pass over a row leaves for the second.
+#[derive(Clone, Copy)]
+struct RowInfo {
+    /// The loss, when the row is already finished (ignored, or handled by the two-`exp` path).
+    done: Option<f64>,
+    state: LseState,
+    /// `Σ w·x` (smoothed index targets) or `Σ w·t'` (probabilities).
+    e1: f64,
+    /// `Σ w·t'·x` (probabilities).
+    e2: f64,
+    x_y: f32,
+    y: usize,
+    s: f32,
+    /// The gradient's `exp` values are stored and await the second pass.
+    fast: bool,
+}
+
+impl RowInfo {
+    const EMPTY: RowInfo = RowInfo {
+        done: None,
+        state: LseState::EMPTY,
+        e1: 0.0,
+        e2: 0.0,
+        x_y: 0.0,
+        y: 0,
+        s: 0.0,
+        fast: false,
+    };
+}
+
+/// One unit's work: forward (`dst = None`), fused (`src`, `dst`), or in place (`src = None`).
+pub(super) struct UnitOp<'p, 'a, 'b> {
+    pub(super) plan: &'p Plan<'a>,
+    pub(super) unit: usize,
+    pub(super) src: Option<&'b [f32]>,
+    pub(super) dst: Option<&'b mut [f32]>,
+    pub(super) scale: GradScale<'b>,
+    pub(super) losses: Option<&'b mut [f32]>,
+}
+
+impl WithSimd for UnitOp<'_, '_, '_> {
+    type Output = f64;
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> f64 {
+        if self.plan.layout.inner == 1 {
+            self.rows(simd)
+        } else {
+            self.tiles(simd)
+        }
+    }
+}
+
+impl UnitOp<'_, '_, '_> {
+    /// Contiguous rows (`inner = 1`): one row per position.
+    #[inline(always)]
+    fn rows<S: Simd>(self, simd: S) -> f64 {
+        let plan = self.plan;
+        if plan.layout.classes <= SMALL_C && matches!(plan.target, TargetData::Indices(_)) {
+            return self.rows_as_lanes(simd);
+        }
+        if plan.stream && self.dst.is_some() && plan.layout.classes <= SCRATCH {
+            let mut scratch = [0.0f32; SCRATCH];
+            self.rows_with(simd, Some(&mut scratch))
+        } else {
+            self.rows_with(simd, None)
+        }
+    }
+
+    /// Short rows (`C ≤ SMALL_C`, index targets): `lanes` rows at a time, one row per lane.
+    /// The rows are transposed into a class-major stack tile (scalar copies, cheap at this size),
+    /// so that the max, the sum and the gradient are plain lane-wise vector ops with no
+    /// horizontal reduction, no tail and no per-row setup; per row remain an `ln` and the loss.
+    #[inline(always)]
+    fn rows_as_lanes<S: Simd>(mut self, simd: S) -> f64 {
+        let plan = self.plan;
+        let lanes = S::F32_LANES;
+        let classes = plan.layout.classes;
+        let first = plan.unit_positions(self.unit).start;
+        let rows = plan.unit_positions(self.unit).len();
+        let TargetData::Indices(targets) = plan.target else {
+            unreachable!("rows_as_lanes takes index targets only")
+        };
+        let mut xt = [0.0f32; SMALL_C * MAX_LANES];
+        let mut et = [0.0f32; SMALL_C * MAX_LANES];
+        let mut total = 0.0f64;
+        let mut r0 = 0;
+        while r0 < rows {
+            let width = lanes.min(rows - r0);
+            // Transpose in: xt[c·lanes + j] = x[(r0 + j)·C + c]. Lanes past `width` keep stale
+            // values, which only ever reach lanes nobody reads.
+            {
+                let x: &[f32] = match self.src {
+                    Some(x) => x,
+                    None => self.dst.as_deref().unwrap_or(&[]),
+                };
+                for j in 0..width {
+                    let row = &x[(r0 + j) * classes..(r0 + j + 1) * classes];
+                    for (c, &v) in row.iter().enumerate() {
+                        xt[c * lanes + j] = v;
+                    }
+                }
+            }
+            let mut m = simd.splat_f32s(f32::NEG_INFINITY);
+            for c in 0..classes {
+                m = simd.max_f32s(m, load::<S>(&xt, c * lanes));
+            }
+            let ninf = simd.splat_f32s(f32::NEG_INFINITY);
+            let o = simd.select_f32s_m32s(simd.equal_f32s(m, ninf), simd.splat_f32s(0.0), m);
+            let mut sum = simd.splat_f32s(0.0);
+            let mut wx = simd.splat_f32s(0.0);
+            for c in 0..classes {
+                let v = load::<S>(&xt, c * lanes);
+                let e = exp_shifted(simd, simd.sub_f32s(v, o));
+                S::as_mut_simd_f32s(&mut et[c * lanes..(c + 1) * lanes]).0[0] = e;
+                sum = simd.add_f32s(sum, e);
+                if plan.eps > 0.0 {
+                    // Relative to the max: see `weighted_sum`.
+                    let d = simd.sub_f32s(v, o);
+                    wx = simd.mul_add_e_f32s(simd.splat_f32s(plan.class_weight(c)), d, wx);
+                }
+            }
+            let (m, sum, wx) = (lanes_of(simd, m), lanes_of(simd, sum), lanes_of(simd, wx));
+            let mut lse = [0.0f64; MAX_LANES];
+            let mut losses = [0.0f64; MAX_LANES];
+            let mut valid = [false; MAX_LANES];
+            let mut ys = [0usize; MAX_LANES];
+            for j in 0..width {
+                let t = targets[first + r0 + j];
+                valid[j] = t != plan.ignore_index;
+                if !valid[j] {
+                    continue;
+                }
+                ys[j] = t as usize;
+                let state = LseState {
+                    max: m[j],
+                    sum: f64::from(sum[j]),
+                };
+                let r = state.row();
+                lse[j] = r.lse;
+                let x_y = xt[ys[j] * lanes + j];
+                losses[j] = plan.index_loss(r, x_y, ys[j], f64::from(wx[j]));
+            }
+            if let Some(dst) = self.dst.as_deref_mut() {
+                // Per-lane coefficients: g = a·e − b·w[c], minus `fix` at the target.
+                let mut a = [0.0f32; MAX_LANES];
+                let mut b = [0.0f32; MAX_LANES];
+                let mut fix = [0.0f32; MAX_LANES];
+                let mut slow = [false; MAX_LANES];
+                for j in 0..width {
+                    let s = self.scale.at(first + r0 + j);
+                    slow[j] = valid[j] && !s.is_finite();
+                    if !valid[j] || slow[j] {
+                        continue;
+                    }
+                    let (aj, bj, fj) = plan.index_coefficients(s, ys[j]);
+                    // e = exp(x − max), so p = e/sum (0 for an all-masked row; NaN stays NaN).
+                    let factor = if lse[j].is_nan() {
+                        f64::NAN
+                    } else if m[j] == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        f64::from(sum[j]).recip()
+                    };
+                    a[j] = (f64::from(aj) * factor) as f32;
+                    (b[j], fix[j]) = (bj, fj);
+                }
+                let av = from_lanes(simd, &a);
+                let bv = simd.neg_f32s(from_lanes(simd, &b));
+                for c in 0..classes {
+                    let e = load::<S>(&et, c * lanes);
+                    let mut g = simd.mul_f32s(av, e);
+                    if plan.eps > 0.0 {
+                        g = simd.mul_add_e_f32s(bv, simd.splat_f32s(plan.class_weight(c)), g);
+                    }
+                    S::as_mut_simd_f32s(&mut et[c * lanes..(c + 1) * lanes]).0[0] = g;
+                }
+                // Transpose out (slow rows read their logits before anything is written).
+                for j in 0..width {
+                    let span = (r0 + j) * classes..(r0 + j + 1) * classes;
+                    if slow[j] {
+                        let s = self.scale.at(first + r0 + j);
+                        let src = self.src.map(|x| &x[span.clone()]);
+                        plan.slow_position(
+                            src,
+                            &mut dst[span],
+                            None,
+                            0,
+                            1,
+                            lse[j],
+                            s,
+                            Some(ys[j]),
+                            0.0,
+                        );
+                    } else if !valid[j] {
+                        dst[span].fill(0.0);
+                    } else {
+                        for (c, g) in dst[span].iter_mut().enumerate() {
+                            *g = et[c * lanes + j];
+                        }
+                        dst[(r0 + j) * classes + ys[j]] -= fix[j];
+                    }
+                }
+            }
+            for (j, &l) in losses[..width].iter().enumerate() {
+                if let Some(out) = self.losses.as_deref_mut() {
+                    out[r0 + j] = l as f32;
+                }
+                total += l;
+            }
+            r0 += width;
+        }
+        total
+    }
+
+    /// The contiguous rows. With `scratch`, the fused pass keeps the stored `exp` values and
+    /// the gradient in that L1-resident buffer and streams each finished gradient row to memory
+    /// (non-temporal stores: no read-for-ownership of the gradient's lines, which otherwise
+    /// makes a third of the traffic of a fused pass over data larger than the cache).
+    #[inline(always)]
+    fn rows_with<S: Simd>(mut self, simd: S, mut scratch: Option<&mut [f32; SCRATCH]>) -> f64 {
+        let plan = self.plan;
+        let classes = plan.layout.classes;
+        let first = plan.unit_positions(self.unit).start;
+        let logits_start = plan.unit_logits(self.unit).start;
+        let smooth = plan.smoothing();
+        let rows = plan.unit_positions(self.unit).len();
+        // Rows go in groups: every row's first pass, then every row's `ln` and second pass, so
+        // that independent rows' latency chains may overlap (measured neutral, see NOTES.md; kept
+        // because the streamed scratch is laid out per group). The group's rows stay within
+        // 32 KiB, so the second pass reads them from L1/L2.
+        let group = (8192 / classes).clamp(1, GROUP);
+        let slots = classes.div_ceil(CHUNK);
+        let mut maxes = [0.0f32; MAX_CHUNKS];
+        let mut info = [RowInfo::EMPTY; GROUP];
+        let mut total = 0.0f64;
+        let mut g0 = 0;
+        while g0 < rows {
+            let g1 = (g0 + group).min(rows);
+            for k in g0..g1 {
+                let position = first + k;
+                let span = k * classes..(k + 1) * classes;
+                let src = self.src.map(|x| &x[span.clone()]);
+                let slot = (k - g0) * slots;
+                let row = &mut info[k - g0];
+                *row = RowInfo::EMPTY;
+                row.s = self.scale.at(position);
+                row.fast = self.dst.is_some() && row.s.is_finite() && classes <= MAX_CHUNKS * CHUNK;
+                let extras = match plan.target {
+                    TargetData::Indices(targets) => {
+                        let t = targets[position];
+                        if t == plan.ignore_index {
+                            if let Some(dst) = self.dst.as_deref_mut() {
+                                dst[span].fill(0.0);
+                            }
+                            row.done = Some(0.0);
+                            continue;
+                        }
+                        row.y = t as usize;
+                        if plan.eps > 0.0 {
+                            Extras::WeightedSum(plan.weight)
+                        } else {
+                            Extras::Nothing
+                        }
+                    }
+                    TargetData::Probs(targets) => Extras::Probs {
+                        t: &targets[logits_start + span.start..logits_start + span.end],
+                        w: plan.weight,
+                        smooth,
+                    },
+                };
+                if row.fast {
+                    if let Some(scratch) = scratch.as_deref_mut() {
+                        let e = &mut scratch[(k - g0) * classes..(k - g0 + 1) * classes];
+                        let x: &[f32] =
+                            src.unwrap_or_else(|| &self.dst.as_deref().unwrap_or(&[])[span]);
+                        row.x_y = x[row.y];
+                        (row.state, row.e1, row.e2) =
+                            fused_row_first(simd, Some(x), e, &mut maxes[slot..], extras);
+                    } else {
+                        let g = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
+                        row.x_y = src.map_or(g[row.y], |x| x[row.y]);
+                        (row.state, row.e1, row.e2) =
+                            fused_row_first(simd, src, g, &mut maxes[slot..], extras);
+                    }
+                } else if self.dst.is_none() {
+                    let x = src.unwrap_or(&[]);
+                    row.x_y = x[row.y];
+                    row.state = row_lse(simd, x);
+                    // The extra sums after the max is known (a second look at the row, from
+                    // cache unless the row is huge): relative to it, see `weighted_sum`.
+                    let o = origin(row.state.max);
+                    match extras {
+                        Extras::Nothing => {}
+                        Extras::WeightedSum(w) => (row.e1, row.e2) = weighted_sum(simd, x, w, o),
+                        Extras::Probs { t, w, smooth } => {
+                            (row.e1, row.e2) = prob_sums(simd, x, t, w, smooth, o);
+                        }
+                    }
+                } else {
+                    let (y, s) = (row.y, row.s);
+                    row.done = Some(match extras {
+                        Extras::Probs { t, .. } => self.prob_row(simd, src, span, t, s, smooth),
+                        _ => self.index_row(simd, src, span, y, s),
+                    });
+                }
+            }
+            for k in g0..g1 {
+                let row = info[k - g0];
+                let loss = match row.done {
+                    Some(loss) => loss,
+                    None => {
+                        let r = row.state.row();
+                        let slot = (k - g0) * slots;
+                        let span = k * classes..(k + 1) * classes;
+                        match plan.target {
+                            TargetData::Indices(_) => {
+                                if row.fast {
+                                    let dst = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
+                                    let g = match scratch.as_deref_mut() {
+                                        Some(b) => {
+                                            &mut b[(k - g0) * classes..(k - g0 + 1) * classes]
+                                        }
+                                        None => &mut *dst,
+                                    };
+                                    let (a, b, fix) = plan.index_coefficients(row.s, row.y);
+                                    if plan.eps > 0.0 {
+                                        let term = SmoothTerm { b, w: plan.weight };
+                                        fused_row_second(
+                                            simd,
+                                            g,
+                                            &maxes[slot..],
+                                            row.state,
+                                            r.lse,
+                                            a,
+                                            &term,
+                                        );
+                                    } else {
+                                        fused_row_second(
+                                            simd,
+                                            g,
+                                            &maxes[slot..],
+                                            row.state,
+                                            r.lse,
+                                            a,
+                                            &NoTerm,
+                                        );
+                                    }
+                                    g[row.y] -= fix;
+                                    if let Some(b) = scratch.as_deref() {
+                                        stream_copy(
+                                            &b[(k - g0) * classes..(k - g0 + 1) * classes],
+                                            dst,
+                                        );
+                                    }
+                                }
+                                plan.index_loss(r, row.x_y, row.y, row.e1)
+                            }
+                            TargetData::Probs(targets) => {
+                                if row.fast {
+                                    let t = &targets
+                                        [logits_start + span.start..logits_start + span.end];
+                                    let dst = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
+                                    let g = match scratch.as_deref_mut() {
+                                        Some(b) => {
+                                            &mut b[(k - g0) * classes..(k - g0 + 1) * classes]
+                                        }
+                                        None => &mut *dst,
+                                    };
+                                    let a = (f64::from(row.s) * row.e1) as f32;
+                                    let term = ProbTerm {
+                                        s: row.s,
+                                        t,
+                                        w: plan.weight,
+                                        smooth,
+                                    };
+                                    fused_row_second(
+                                        simd,
+                                        g,
+                                        &maxes[slot..],
+                                        row.state,
+                                        r.lse,
+                                        a,
+                                        &term,
+                                    );
+                                    if let Some(b) = scratch.as_deref() {
+                                        stream_copy(
+                                            &b[(k - g0) * classes..(k - g0 + 1) * classes],
+                                            dst,
+                                        );
+                                    }
+                                }
+                                Plan::prob_loss(r, row.e1, row.e2)
+                            }
+                        }
+                    }
+                };
+                if let Some(losses) = self.losses.as_deref_mut() {
+                    losses[k] = loss as f32;
+                }
+                total += loss;
+            }
+            g0 = g1;
+        }
+        if scratch.is_some() {
+            stream_fence();
+        }
+        total
+    }
+
+    /// A valid index-target row without the single-`exp` fused path: forward only, a
+    /// non-finite scale, or a row longer than `MAX_CHUNKS` chunks.
+    #[inline(always)]
+    fn index_row<S: Simd>(
+        &mut self,
+        simd: S,
+        src: Option<&[f32]>,
+        span: Range<usize>,
+        y: usize,
+        s: f32,
+    ) -> f64 {
+        let plan = self.plan;
+        let (state, x_y, wx) = {
+            let x = src.unwrap_or_else(|| &self.dst.as_deref().unwrap_or(&[])[span.clone()]);
+            let state = row_lse(simd, x);
+            let wx = if plan.eps > 0.0 {
+                weighted_sum(simd, x, plan.weight, origin(state.max)).0
+            } else {
+                0.0
+            };
+            (state, x[y], wx)
+        };
+        let r = state.row();
+        let lse = r.lse;
+        if let Some(dst) = self.dst.as_deref_mut() {
+            let g = &mut dst[span];
+            if s.is_finite() {
+                let (a, b, fix) = plan.index_coefficients(s, y);
+                if plan.eps > 0.0 {
+                    let term = SmoothTerm { b, w: plan.weight };
+                    grad_row(simd, src, g, lse as f32, a, &term);
+                } else {
+                    grad_row(simd, src, g, lse as f32, a, &NoTerm);
+                }
+                g[y] -= fix;
+            } else {
+                plan.slow_position(src, g, None, 0, 1, lse, s, Some(y), 0.0);
+            }
+        }
+        plan.index_loss(r, x_y, y, wx)
+    }
+
+    /// A probability-target row without the single-`exp` fused path (see `index_row`).
+    #[inline(always)]
+    fn prob_row<S: Simd>(
+        &mut self,
+        simd: S,
+        src: Option<&[f32]>,
+        span: Range<usize>,
+        t: &[f32],
+        s: f32,
+        smooth: Smoothing,
+    ) -> f64 {
+        let plan = self.plan;
+        let (state, mass, dot) = {
+            let x = src.unwrap_or_else(|| &self.dst.as_deref().unwrap_or(&[])[span.clone()]);
+            let state = row_lse(simd, x);
+            let (mass, dot) = prob_sums(simd, x, t, plan.weight, smooth, origin(state.max));
+            (state, mass, dot)
+        };
+        let r = state.row();
+        let lse = r.lse;
+        if let Some(dst) = self.dst.as_deref_mut() {
+            let g = &mut dst[span];
+            if s.is_finite() {
+                let a = (f64::from(s) * mass) as f32;
+                let term = ProbTerm {
+                    s,
+                    t,
+                    w: plan.weight,
+                    smooth,
+                };
+                grad_row(simd, src, g, lse as f32, a, &term);
+            } else {
+                plan.slow_position(src, g, Some(t), 0, 1, lse, s, None, mass);
+            }
+        }
+        Plan::prob_loss(r, mass, dot)
+    }
+
+    /// K-dimensional input (`inner > 1`): a vector holds one class of `lanes` consecutive
+    /// positions of a batch row.
+    #[inline(always)]
+    fn tiles<S: Simd>(mut self, simd: S) -> f64 {
+        let plan = self.plan;
+        let lanes = S::F32_LANES;
+        let Layout { classes, inner, .. } = plan.layout;
+        let row_len = classes * inner;
+        let first = plan.unit_positions(self.unit).start;
+        let logits_start = plan.unit_logits(self.unit).start;
+        let rows = plan.unit_positions(self.unit).len() / inner;
+        let smooth = plan.smoothing();
+        let mut total = 0.0f64;
+        for n in 0..rows {
+            let mut d0 = 0;
+            while d0 < inner {
+                let width = lanes.min(inner - d0);
+                let base = n * row_len + d0;
+                let tile_first = first + n * inner + d0;
+                let losses = self.tile(simd, base, logits_start, tile_first, width, smooth);
+                for (j, &l) in losses[..width].iter().enumerate() {
+                    if let Some(out) = self.losses.as_deref_mut() {
+                        out[n * inner + d0 + j] = l as f32;
+                    }
+                    total += l;
+                }
+                d0 += width;
+            }
+        }
+        total
+    }
+
+    /// One tile of `width ≤ lanes` positions starting at flat offset `base` of the unit's span.
+    /// Returns the positions' losses.
+    #[inline(always)]
+    fn tile<S: Simd>(
+        &mut self,
+        simd: S,
+        base: usize,
+        logits_start: usize,
+        tile_first: usize,
+        width: usize,
+        smooth: Smoothing,
+    ) -> [f64; MAX_LANES] {
+        let plan = self.plan;
+        let Layout { classes, inner, .. } = plan.layout;
+        let probs = match plan.target {
+            TargetData::Probs(t) => Some(&t[logits_start..logits_start + self.dst_len_or_src()]),
+            TargetData::Indices(_) => None,
+        };
+        let mut losses = [0.0f64; MAX_LANES];
+        // Which lanes are valid (index targets) and their classes.
+        let mut valid = [true; MAX_LANES];
+        let mut ys = [0usize; MAX_LANES];
+        if let TargetData::Indices(targets) = plan.target {
+            for j in 0..width {
+                let t = targets[tile_first + j];
+                valid[j] = t != plan.ignore_index;
+                ys[j] = if valid[j] { t as usize } else { 0 };
+            }
+            if !valid[..width].iter().any(|&v| v) {
+                if let Some(dst) = self.dst.as_deref_mut() {
+                    for c in 0..classes {
+                        dst[base + c * inner..base + c * inner + width].fill(0.0);
+                    }
+                }
+                return losses;
+            }
+        }
+        // The upstream scale of each lane. With every lane's finite (the rule), the sum pass
+        // stores each `exp(x − max)` into the gradient and the gradient pass only scales it (one
+        // `exp` per logit, as the rows); otherwise the gradient pass evaluates `exp` again.
+        let mut s = [0.0f32; MAX_LANES];
+        if self.dst.is_some() {
+            for j in 0..width {
+                s[j] = self.scale.at(tile_first + j);
+            }
+        }
+        let single = self.dst.is_some() && s[..width].iter().all(|v| v.is_finite());
+        // Statistics: max, Σ exp(x − max), and the smoothing / probability sums.
+        let (states, mass, dot, x_y) = {
+            let mut m = simd.splat_f32s(f32::NEG_INFINITY);
+            let mut x_y = [0.0f32; MAX_LANES];
+            {
+                let x: &[f32] = match self.src {
+                    Some(x) => x,
+                    None => self.dst.as_deref().unwrap_or(&[]),
+                };
+                for c in 0..classes {
+                    m = simd.max_f32s(m, load_n(simd, x, base + c * inner, width));
+                }
+                // Before the sum pass, which may overwrite the logits in place.
+                if probs.is_none() {
+                    for j in 0..width {
+                        x_y[j] = x[base + ys[j] * inner + j];
+                    }
+                }
+            }
+            let m = lanes_of(simd, m);
+            let mut o = [0.0f32; MAX_LANES];
+            for j in 0..MAX_LANES {
+                o[j] = origin(m[j]);
+            }
+            let ov = from_lanes(simd, &o);
+            let mut sum = [0.0f64; MAX_LANES];
+            let mut mass = [0.0f64; MAX_LANES];
+            let mut dot = [0.0f64; MAX_LANES];
+            let w = plan.weight;
+            let mut c0 = 0;
+            while c0 < classes {
+                let end = (c0 + FOLD).min(classes);
+                let mut acc = simd.splat_f32s(0.0);
+                let mut am = simd.splat_f32s(0.0);
+                let mut ad = simd.splat_f32s(0.0);
+                for c in c0..end {
+                    let off = base + c * inner;
+                    let v = match self.src {
+                        Some(x) => load_n(simd, x, off, width),
+                        None => load_n(simd, self.dst.as_deref().unwrap_or(&[]), off, width),
+                    };
+                    let e = exp_shifted(simd, simd.sub_f32s(v, ov));
+                    acc = simd.add_f32s(acc, e);
+                    if single {
+                        store_n(
+                            simd,
+                            self.dst.as_deref_mut().unwrap_or(&mut []),
+                            off,
+                            width,
+                            e,
+                        );
+                    }
+                    let wc = w.map_or(1.0, |w| w[c]);
+                    if let Some(t) = probs {
+                        let tv = load_n(simd, t, base + c * inner, width);
+                        let tp = simd.mul_add_e_f32s(
+                            tv,
+                            simd.splat_f32s(smooth.keep),
+                            simd.splat_f32s(smooth.spread),
+                        );
+                        let wt = simd.mul_f32s(simd.splat_f32s(wc), tp);
+                        am = simd.add_f32s(am, wt);
+                        // Relative to the max: see `weighted_sum`.
+                        ad = simd.mul_add_e_f32s(wt, simd.sub_f32s(v, ov), ad);
+                    } else if plan.eps > 0.0 {
+                        let d = simd.sub_f32s(v, ov);
+                        ad = simd.mul_add_e_f32s(simd.splat_f32s(wc), d, ad);
+                    }
+                }
+                let (acc, am, ad) = (lanes_of(simd, acc), lanes_of(simd, am), lanes_of(simd, ad));
+                for j in 0..MAX_LANES {
+                    sum[j] += f64::from(acc[j]);
+                    mass[j] += f64::from(am[j]);
+                    dot[j] += f64::from(ad[j]);
+                }
+                c0 = end;
+            }
+            let mut states = [LseState::EMPTY; MAX_LANES];
+            for j in 0..width {
+                states[j] = LseState {
+                    max: m[j],
+                    sum: sum[j],
+                };
+            }
+            (states, mass, dot, x_y)
+        };
+        let mut lse = [0.0f64; MAX_LANES];
+        for j in 0..width {
+            let r = states[j].row();
+            lse[j] = r.lse;
+            losses[j] = match probs {
+                Some(_) => Plan::prob_loss(r, mass[j], dot[j]),
+                None if valid[j] => plan.index_loss(r, x_y[j], ys[j], dot[j]),
+                None => 0.0,
+            };
+        }
+        let Some(dst) = self.dst.as_deref_mut() else {
+            return losses;
+        };
+        // Gradient: per-lane coefficients, one vector per class.
+        let mut a = [0.0f32; MAX_LANES];
+        let mut b = [0.0f32; MAX_LANES];
+        let mut lse32 = [0.0f32; MAX_LANES];
+        let mut fix = [0.0f32; MAX_LANES];
+        let mut slow = [false; MAX_LANES];
+        for j in 0..width {
+            slow[j] = !s[j].is_finite() || !valid[j];
+            if slow[j] {
+                continue;
+            }
+            lse32[j] = lse[j] as f32;
+            if probs.is_some() {
+                a[j] = (f64::from(s[j]) * mass[j]) as f32;
+            } else {
+                (a[j], b[j], fix[j]) = plan.index_coefficients(s[j], ys[j]);
+            }
+            if single {
+                // The stored e = exp(x − max): p = e / sum (0 for an all-masked lane, NaN stays).
+                let factor = if lse[j].is_nan() {
+                    f64::NAN
+                } else if states[j].max == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    states[j].sum.recip()
+                };
+                a[j] = (f64::from(a[j]) * factor) as f32;
+            }
+        }
+        let (av, bv, lv, sv) = (
+            from_lanes(simd, &a),
+            simd.neg_f32s(from_lanes(simd, &b)),
+            from_lanes(simd, &lse32),
+            simd.neg_f32s(from_lanes(simd, &s)),
+        );
+        let src = self.src;
+        for c in 0..classes {
+            let off = base + c * inner;
+            let ap = if single {
+                simd.mul_f32s(av, load_n(simd, dst, off, width))
+            } else {
+                let v = match src {
+                    Some(x) => load_n(simd, x, off, width),
+                    None => load_n(simd, dst, off, width),
+                };
+                simd.mul_f32s(av, exp_shifted(simd, simd.sub_f32s(v, lv)))
+            };
+            let wc = simd.splat_f32s(plan.class_weight(c));
+            let g = if let Some(t) = probs {
+                let tv = load_n(simd, t, off, width);
+                let tp = simd.mul_add_e_f32s(
+                    tv,
+                    simd.splat_f32s(smooth.keep),
+                    simd.splat_f32s(smooth.spread),
+                );
+                simd.mul_add_e_f32s(simd.mul_f32s(sv, wc), tp, ap)
+            } else if plan.eps > 0.0 {
+                simd.mul_add_e_f32s(bv, wc, ap)
+            } else {
+                ap
+            };
+            store_n(simd, dst, off, width, g);
+        }
+        for j in 0..width {
+            if slow[j] {
+                if probs.is_none() && !valid[j] {
+                    for c in 0..classes {
+                        dst[base + j + c * inner] = 0.0;
+                    }
+                } else {
+                    let y = if probs.is_none() { Some(ys[j]) } else { None };
+                    plan.slow_position(src, dst, probs, base + j, inner, lse[j], s[j], y, mass[j]);
+                }
+            } else if probs.is_none() {
+                dst[base + j + ys[j] * inner] -= fix[j];
+            }
+        }
+        losses
+    }
+
+    /// The length of the unit's span of logits.
+    fn dst_len_or_src(&self) -> usize {
+        self.src
+            .map_or_else(|| self.dst.as_ref().map_or(0, |d| d.len()), <[f32]>::len)
+    }
+}

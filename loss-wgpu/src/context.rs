@@ -1,0 +1,322 @@
+//! The device side that lives as long as the backend: adapter, device, queue, shader modules,
+//! pipelines and bind-group layouts, all built once.
+
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use loss_core::{LossError, Result};
+
+use crate::NAME;
+
+/// Workgroup size of both shaders (`WG` in the WGSL files).
+pub(crate) const WORKGROUP: u32 = 256;
+/// Values one reduction workgroup adds (`WG * PER_THREAD` in `reduce.wgsl`).
+pub(crate) const REDUCE_BLOCK: u32 = WORKGROUP * 8;
+/// Stride of per-dispatch parameters in the uniform buffers: 256 bytes is a multiple of every
+/// device's `min_uniform_buffer_offset_alignment` (a power of two of at most 256).
+pub(crate) const PARAM_STRIDE: u64 = 256;
+
+/// Parameters of one `row_main` dispatch (`Params` in `row.wgsl`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct RowParams {
+    pub classes: u32,
+    pub inner: u32,
+    pub positions: u32,
+    pub flags: u32,
+    pub eps: f32,
+    pub total_weight: f32,
+    pub scale: f32,
+    pub pad: u32,
+}
+
+/// Bits of [`RowParams::flags`] (`FLAG_*` in `row.wgsl`).
+pub(crate) mod flags {
+    pub const PROBS: u32 = 1;
+    pub const LOSS: u32 = 2;
+    pub const GRAD: u32 = 4;
+    pub const PER_POSITION: u32 = 8;
+    pub const SMOOTHING: u32 = 16;
+}
+
+/// Parameters of one `reduce_sum` dispatch (`Params` in `reduce.wgsl`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ReduceParams {
+    pub n: u32,
+    pub src_offset: u32,
+    pub dst_offset: u32,
+    pub pad: u32,
+}
+
+/// Options for building a [`crate::WgpuBackend`] beyond what the environment chooses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgpuOptions {
+    /// Caps the bytes bound to one storage binding (and requested from the device as its
+    /// `max_storage_buffer_binding_size`), below what the adapter allows. Inputs larger than
+    /// this are split into several dispatches over ranges of batch items; a small cap lets
+    /// tests exercise that path on small data. `None` uses the adapter's limit.
+    pub max_binding_bytes: Option<u64>,
+    /// Rows of at most this many classes run one position per invocation (`row_serial`);
+    /// wider rows run one position per workgroup (`row_main`), whose invocations split the
+    /// classes. `0` sends every row to the workgroup kernel (tests use it to cover that
+    /// kernel on small shapes).
+    pub serial_max_classes: usize,
+    /// Caps the workgroups per grid dimension below the device's limit (65,535 on most).
+    /// Larger dispatches use a 2-D grid; a small cap lets tests exercise it on small data.
+    /// `None` uses the device's limit.
+    pub max_workgroups_per_dimension: Option<u32>,
+}
+
+/// Default of [`WgpuOptions::serial_max_classes`]: below this many classes a 256-wide
+/// workgroup per row would leave most of its invocations idle.
+pub const DEFAULT_SERIAL_MAX_CLASSES: usize = 64;
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions {
+            max_binding_bytes: None,
+            serial_max_classes: DEFAULT_SERIAL_MAX_CLASSES,
+            max_workgroups_per_dimension: None,
+        }
+    }
+}
+
+/// Adapter, device, queue, pipelines and layouts of one backend.
+pub(crate) struct WgpuContext {
+    pub adapter_info: wgpu::AdapterInfo,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub row_layout: wgpu::BindGroupLayout,
+    pub row_pipeline: wgpu::ComputePipeline,
+    pub serial_pipeline: wgpu::ComputePipeline,
+    /// See [`WgpuOptions::serial_max_classes`].
+    pub serial_max_classes: usize,
+    /// Workgroups per grid dimension (see [`WgpuOptions::max_workgroups_per_dimension`]).
+    pub max_grid: u32,
+    pub reduce_layout: wgpu::BindGroupLayout,
+    pub reduce_pipeline: wgpu::ComputePipeline,
+    /// Largest storage binding (and buffer) this backend creates, in bytes: a multiple of 4.
+    pub max_binding_bytes: u64,
+    /// Errors the device reported outside any call's control (validation, out of memory),
+    /// kept here so that the next call returns them instead of wgpu's default panic.
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+pub(crate) fn unavailable(reason: impl Into<String>) -> LossError {
+    LossError::Unavailable {
+        backend: NAME.to_string(),
+        reason: reason.into(),
+    }
+}
+
+pub(crate) fn backend_error(message: impl Into<String>) -> LossError {
+    LossError::Backend {
+        backend: NAME.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Picks the adapter the environment asks for: `WGPU_ADAPTER_NAME` (a case-insensitive
+/// substring of the adapter's name) among the backends of `WGPU_BACKEND`, else wgpu's choice
+/// under `WGPU_POWER_PREF` (high performance by default). This follows
+/// `wgpu::util::initialize_adapter_from_env_or_default`, which panics when no adapter matches
+/// the name; here that is an `Unavailable` error.
+async fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        let wanted = wanted.to_lowercase();
+        let adapters = instance.enumerate_adapters(backends).await;
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "no adapter named like WGPU_ADAPTER_NAME={wanted:?} among {names:?}"
+                ))
+            });
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(format!("no wgpu adapter ({backends:?}): {e}")))
+}
+
+fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+fn params_entry(size: usize) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: NonZeroU64::new(size as u64),
+        },
+        count: None,
+    }
+}
+
+fn pipeline(
+    device: &wgpu::Device,
+    label: &str,
+    source: &str,
+    entry: &str,
+    layout: &wgpu::BindGroupLayout,
+) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(layout)],
+        immediate_size: 0,
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+impl WgpuContext {
+    pub(crate) fn new(options: &WgpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    async fn new_async(options: &WgpuOptions) -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = choose_adapter(&instance).await?;
+        let adapter_info = adapter.get_info();
+        let mut limits = adapter.limits();
+        // Bound buffers are indexed with u32 element offsets in WGSL: stay below 4 GiB.
+        let mut max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(u64::from(u32::MAX));
+        if let Some(cap) = options.max_binding_bytes {
+            max_binding = max_binding.min(cap.max(16));
+        }
+        let max_binding_bytes = max_binding / 4 * 4;
+        limits.max_storage_buffer_binding_size = max_binding_bytes;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("loss-wgpu"),
+                required_limits: limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(format!("{}: cannot open device: {e}", adapter_info.name)))?;
+        let max_grid = device
+            .limits()
+            .max_compute_workgroups_per_dimension
+            .min(options.max_workgroups_per_dimension.unwrap_or(u32::MAX))
+            .max(1);
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&errors);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(e.to_string());
+        }));
+
+        let row_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("row"),
+            entries: &[
+                params_entry(std::mem::size_of::<RowParams>()),
+                storage_entry(1, true),
+                storage_entry(2, true),
+                storage_entry(3, true),
+                storage_entry(4, true),
+                storage_entry(5, false),
+                storage_entry(6, false),
+            ],
+        });
+        let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("reduce"),
+            entries: &[
+                params_entry(std::mem::size_of::<ReduceParams>()),
+                storage_entry(1, true),
+                storage_entry(2, false),
+            ],
+        });
+        let row_pipeline = pipeline(
+            &device,
+            "row",
+            include_str!("shaders/row.wgsl"),
+            "row_main",
+            &row_layout,
+        );
+        let serial_pipeline = pipeline(
+            &device,
+            "row_serial",
+            include_str!("shaders/row.wgsl"),
+            "row_serial",
+            &row_layout,
+        );
+        let reduce_pipeline = pipeline(
+            &device,
+            "reduce",
+            include_str!("shaders/reduce.wgsl"),
+            "reduce_sum",
+            &reduce_layout,
+        );
+        let context = WgpuContext {
+            adapter_info,
+            device,
+            queue,
+            row_layout,
+            row_pipeline,
+            serial_pipeline,
+            serial_max_classes: options.serial_max_classes,
+            max_grid,
+            reduce_layout,
+            reduce_pipeline,
+            max_binding_bytes,
+            errors,
+        };
+        context.check_errors()?;
+        Ok(context)
+    }
+
+    /// Returns (and clears) the errors the device reported since the last check.
+    pub(crate) fn check_errors(&self) -> Result<()> {
+        let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            let message = errors.join("; ");
+            errors.clear();
+            Err(backend_error(message))
+        }
+    }
+
+    /// Blocks until the device has finished all submitted work.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| backend_error(format!("device poll failed: {e}")))?;
+        self.check_errors()
+    }
+}

@@ -1,0 +1,111 @@
+//! Device-resident problems: upload once, run many times, read back only what is asked.
+
+use std::sync::Arc;
+
+use loss_core::{LossError, Problem, Result};
+
+use crate::context::{WgpuContext, backend_error};
+use crate::workspace::Workspace;
+
+/// A problem whose logits, targets and weights live on the device (from
+/// [`crate::WgpuBackend::upload`]). It owns its buffers, so it does not contend with the
+/// backend's end-to-end calls; it keeps the backend's device alive.
+///
+/// Every run method submits the work and returns once the device has finished it. Only the
+/// values a method names cross back to the host: the loss (one value for sum and mean, one per
+/// position for none) and, through [`DeviceProblem::read_grad`], the gradient.
+pub struct DeviceProblem {
+    ctx: Arc<WgpuContext>,
+    ws: Workspace,
+}
+
+impl std::fmt::Debug for DeviceProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceProblem")
+            .field("loss_len", &self.loss_len())
+            .field("grad_len", &self.grad_len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceProblem {
+    pub(crate) fn new(ctx: Arc<WgpuContext>, problem: &Problem<'_>) -> Result<Self> {
+        let mut ws = Workspace::new(&ctx);
+        ws.load(&ctx, problem)?;
+        Ok(DeviceProblem { ctx, ws })
+    }
+
+    /// Number of loss values ([`Problem::loss_len`]): also the upstream gradient's length.
+    pub fn loss_len(&self) -> usize {
+        self.ws.loss_len()
+    }
+
+    /// Number of gradient values (the logits' length).
+    pub fn grad_len(&self) -> usize {
+        self.ws.grad_len()
+    }
+
+    fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(LossError::ShapeMismatch {
+                what,
+                expected: format!("{expected} values"),
+                got: got.to_string(),
+            })
+        }
+    }
+
+    /// Computes the loss and writes it into `loss` ([`DeviceProblem::loss_len`] values).
+    pub fn forward_into(&mut self, loss: &mut [f32]) -> Result<()> {
+        Self::check_len("loss", self.loss_len(), loss.len())?;
+        let at = self.ws.run(&self.ctx, true, None)?;
+        self.ws.read(&self.ctx, at, Some(loss), None)
+    }
+
+    /// Computes the loss, in a new vector. No gradient is computed.
+    pub fn forward(&mut self) -> Result<Vec<f32>> {
+        let mut loss = vec![0.0; self.loss_len()];
+        self.forward_into(&mut loss)?;
+        Ok(loss)
+    }
+
+    /// Computes loss and gradient in one fused pass for upstream gradient `grad_output`
+    /// ([`DeviceProblem::loss_len`] values); writes the loss into `loss` and leaves the
+    /// gradient on the device for [`DeviceProblem::read_grad`].
+    pub fn forward_backward_into(&mut self, grad_output: &[f32], loss: &mut [f32]) -> Result<()> {
+        Self::check_len("grad_output", self.loss_len(), grad_output.len())?;
+        Self::check_len("loss", self.loss_len(), loss.len())?;
+        let at = self.ws.run(&self.ctx, true, Some(grad_output))?;
+        self.ws.read(&self.ctx, at, Some(loss), None)
+    }
+
+    /// [`DeviceProblem::forward_backward_into`] returning the loss in a new vector.
+    pub fn forward_backward(&mut self, grad_output: &[f32]) -> Result<Vec<f32>> {
+        let mut loss = vec![0.0; self.loss_len()];
+        self.forward_backward_into(grad_output, &mut loss)?;
+        Ok(loss)
+    }
+
+    /// Computes the gradient for upstream gradient `grad_output` and waits for the device to
+    /// finish; nothing is read back (see [`DeviceProblem::read_grad`]).
+    pub fn backward(&mut self, grad_output: &[f32]) -> Result<()> {
+        Self::check_len("grad_output", self.loss_len(), grad_output.len())?;
+        self.ws.run(&self.ctx, false, Some(grad_output))?;
+        self.ctx.wait()
+    }
+
+    /// Copies the gradient of the last [`DeviceProblem::backward`] or
+    /// [`DeviceProblem::forward_backward`] into `grad` ([`DeviceProblem::grad_len`] values). A
+    /// [`LossError::Backend`] when no gradient has been computed yet.
+    pub fn read_grad(&mut self, grad: &mut [f32]) -> Result<()> {
+        Self::check_len("grad", self.grad_len(), grad.len())?;
+        if !self.ws.grad_ready() {
+            return Err(backend_error(
+                "read_grad: no gradient has been computed for this upload yet",
+            ));
+        }
+        self.ws.read(&self.ctx, None, None, Some(grad))
+    }
+}

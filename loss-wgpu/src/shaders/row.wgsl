@@ -1,0 +1,312 @@
+// Per-position cross-entropy.
+//
+// The formulas are loss-core's (crate docs, "The loss" and "The gradient"); this file only
+// decides how to evaluate them on a device. Two entry points share the per-class loops:
+//
+// - `row_main`: one workgroup per position, for wide rows. Each invocation walks the classes
+//   `lid, lid + WG, …`; its partial results are merged by fixed-shape workgroup trees.
+// - `row_serial`: one invocation per position, for narrow rows (few classes), where a
+//   workgroup per position would leave most invocations idle.
+//
+// Per position: an online (max, Σ exp) pass gives `m` and `ls = ln Σ exp(x − m)`, so
+// `LSE = m + ls`; when the options need it, a second pass sums the weighted loss terms and the
+// target mass `Σ w·t'`; then the loss and the gradient are written. `LSE − x` is evaluated as
+// `(m − x) + ls` and `p = exp((x − m) − ls)`, so large logits lose no digits to a rounded LSE.
+// Fixed strides and fixed trees give bit-identical results on every run. Infinities and NaN are
+// built with `bitcast` (WGSL has no such literals) and recognised by their bits, because
+// comparisons with NaN and `max` of NaN are not portable.
+
+const WG: u32 = 256u;
+
+// Bits of `Params.flags`.
+const FLAG_PROBS: u32 = 1u; // probability targets (else index targets)
+const FLAG_LOSS: u32 = 2u; // write `row_loss`
+const FLAG_GRAD: u32 = 4u; // write `grad`
+const FLAG_PER_POSITION: u32 = 8u; // upstream gradient per position (`none`), else `scale`
+const FLAG_SMOOTHING: u32 = 16u; // ε > 0; with ε = 0 the smoothing term is left out entirely
+
+// An index target with these bits is ignored (the host maps `ignore_index` to it on upload).
+const IGNORED: u32 = 0xffffffffu;
+
+struct Params {
+    classes: u32,
+    inner: u32,
+    positions: u32,
+    flags: u32,
+    eps: f32,
+    total_weight: f32,
+    scale: f32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+// Index targets (one u32 per position) or probabilities (f32 bits, laid out like the logits).
+@group(0) @binding(2) var<storage, read> targets: array<u32>;
+@group(0) @binding(3) var<storage, read> weights: array<f32>;
+@group(0) @binding(4) var<storage, read> grad_output: array<f32>;
+@group(0) @binding(5) var<storage, read_write> row_loss: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grad: array<f32>;
+
+var<workgroup> wg_max: array<f32, WG>;
+var<workgroup> wg_sum: array<f32, WG>;
+var<workgroup> wg_bad: array<u32, WG>;
+var<workgroup> wg_mass: array<f32, WG>;
+
+fn nan_f32() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+fn neg_inf_f32() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+fn is_neg_inf(x: f32) -> bool {
+    return bitcast<u32>(x) == 0xff800000u;
+}
+
+// NaN or +inf: either makes `x − max` NaN, so the position's LSE is NaN.
+fn poisons(x: f32) -> bool {
+    let b = bitcast<u32>(x);
+    return (b & 0x7fffffffu) >= 0x7f800000u && b != 0xff800000u;
+}
+
+fn has_flag(bit: u32) -> bool {
+    return (params.flags & bit) != 0u;
+}
+
+// Smoothed probability target t' = (1 − ε)·t + ε/C (t itself when ε = 0).
+fn smoothed(t: f32) -> f32 {
+    if (has_flag(FLAG_SMOOTHING)) {
+        return (1.0 - params.eps) * t + params.eps / f32(params.classes);
+    }
+    return t;
+}
+
+// Index of the first logit of a position (its classes follow at stride `inner`).
+fn row_base(position: u32) -> u32 {
+    let n = position / params.inner;
+    return n * params.classes * params.inner + (position - n * params.inner);
+}
+
+// Online max and rescaled Σ exp over classes start, start + stride, …
+struct Stats {
+    m: f32,
+    s: f32,
+    bad: u32,
+}
+
+fn row_stats(base: u32, start: u32, stride: u32) -> Stats {
+    // −inf adds exp(−inf) = 0 and is skipped (a row of only −inf is caught by the caller).
+    var st = Stats(neg_inf_f32(), 0.0, 0u);
+    for (var c = start; c < params.classes; c += stride) {
+        let x = logits[base + c * params.inner];
+        if (poisons(x)) {
+            st.bad = 1u;
+        } else if (!is_neg_inf(x)) {
+            if (is_neg_inf(st.m)) {
+                st.m = x;
+                st.s = 1.0;
+            } else if (x > st.m) {
+                st.s = st.s * exp(st.m - x) + 1.0;
+                st.m = x;
+            } else {
+                st.s = st.s + exp(x - st.m);
+            }
+        }
+    }
+    return st;
+}
+
+// ln Σ exp(x − m), or NaN when the reference's LSE is NaN (NaN or +inf anywhere, or every
+// class −inf).
+fn log_sum(st: Stats) -> f32 {
+    if (st.bad != 0u || is_neg_inf(st.m)) {
+        return nan_f32();
+    }
+    return log(st.s);
+}
+
+// Whether the second pass is needed: (acc, mass) below.
+fn needs_sums() -> bool {
+    return has_flag(FLAG_PROBS) || (has_flag(FLAG_SMOOTHING) && has_flag(FLAG_LOSS));
+}
+
+// acc = Σ w·(LSE − x) (index targets: the smoothing term) or Σ w·t'·(LSE − x) (probability
+// targets); mass = Σ w·t'. Over classes start, start + stride, …
+fn weighted_sums(base: u32, m: f32, ls: f32, start: u32, stride: u32) -> vec2<f32> {
+    let probs = has_flag(FLAG_PROBS);
+    var acc = 0.0;
+    var mass = 0.0;
+    for (var c = start; c < params.classes; c += stride) {
+        let i = base + c * params.inner;
+        let gap = (m - logits[i]) + ls;
+        let w = weights[c];
+        if (probs) {
+            let t = smoothed(bitcast<f32>(targets[i]));
+            acc = acc + w * t * gap;
+            mass = mass + w * t;
+        } else {
+            acc = acc + w * gap;
+        }
+    }
+    return vec2<f32>(acc, mass);
+}
+
+// The index target of a position, or IGNORED (also for probability targets).
+fn target_class(position: u32) -> u32 {
+    if (has_flag(FLAG_PROBS)) {
+        return IGNORED;
+    }
+    return targets[position];
+}
+
+fn position_loss(base: u32, y: u32, m: f32, ls: f32, acc: f32) -> f32 {
+    if (has_flag(FLAG_PROBS)) {
+        return acc;
+    }
+    if (y == IGNORED) {
+        return 0.0;
+    }
+    let gap_y = (m - logits[base + y * params.inner]) + ls;
+    var loss = (1.0 - params.eps) * weights[y] * gap_y;
+    if (has_flag(FLAG_SMOOTHING)) {
+        loss = loss + params.eps / f32(params.classes) * acc;
+    }
+    return loss;
+}
+
+// Writes the gradient of classes start, start + stride, …
+fn write_grad(
+    position: u32,
+    base: u32,
+    y: u32,
+    m: f32,
+    ls: f32,
+    mass: f32,
+    start: u32,
+    stride: u32,
+) {
+    let probs = has_flag(FLAG_PROBS);
+    let smoothing = has_flag(FLAG_SMOOTHING);
+    var scale = params.scale;
+    if (has_flag(FLAG_PER_POSITION)) {
+        scale = grad_output[position];
+    }
+    var w_y = 0.0;
+    if (y != IGNORED) {
+        w_y = weights[y];
+    }
+    let eps_c = params.eps / f32(params.classes);
+    for (var c = start; c < params.classes; c += stride) {
+        let i = base + c * params.inner;
+        // An ignored position keeps an exact 0, whatever the scale (even inf or NaN).
+        var g = 0.0;
+        if (probs) {
+            let p = exp((logits[i] - m) - ls);
+            g = scale * (p * mass - weights[c] * smoothed(bitcast<f32>(targets[i])));
+        } else if (y != IGNORED) {
+            let p = exp((logits[i] - m) - ls);
+            let onehot = select(0.0, 1.0, c == y);
+            var d = (1.0 - params.eps) * w_y * (p - onehot);
+            if (smoothing) {
+                d = d + eps_c * (params.total_weight * p - weights[c]);
+            }
+            g = scale * d;
+        }
+        grad[i] = g;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn row_main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // A 2-D grid lifts the 65,535-workgroups-per-dimension limit; the spare tail returns as a
+    // whole workgroup, so the barriers below stay in uniform control flow.
+    let position = wid.y * nwg.x + wid.x;
+    if (position >= params.positions) {
+        return;
+    }
+    let base = row_base(position);
+
+    let own = row_stats(base, lid, WG);
+    wg_max[lid] = own.m;
+    wg_sum[lid] = own.s;
+    wg_bad[lid] = own.bad;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            let m1 = wg_max[lid];
+            let m2 = wg_max[lid + stride];
+            wg_bad[lid] = wg_bad[lid] | wg_bad[lid + stride];
+            if (!is_neg_inf(m2)) {
+                if (is_neg_inf(m1)) {
+                    wg_max[lid] = m2;
+                    wg_sum[lid] = wg_sum[lid + stride];
+                } else {
+                    let mm = max(m1, m2);
+                    wg_max[lid] = mm;
+                    wg_sum[lid] = wg_sum[lid] * exp(m1 - mm) + wg_sum[lid + stride] * exp(m2 - mm);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    let m = wg_max[0];
+    let ls = log_sum(Stats(m, wg_sum[0], wg_bad[0]));
+    workgroupBarrier();
+
+    var sums = vec2<f32>(0.0, 0.0);
+    if (needs_sums()) {
+        let own_sums = weighted_sums(base, m, ls, lid, WG);
+        wg_sum[lid] = own_sums.x;
+        wg_mass[lid] = own_sums.y;
+        workgroupBarrier();
+        for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+            if (lid < stride) {
+                wg_sum[lid] = wg_sum[lid] + wg_sum[lid + stride];
+                wg_mass[lid] = wg_mass[lid] + wg_mass[lid + stride];
+            }
+            workgroupBarrier();
+        }
+        sums = vec2<f32>(wg_sum[0], wg_mass[0]);
+    }
+
+    let y = target_class(position);
+    if (has_flag(FLAG_LOSS) && lid == 0u) {
+        row_loss[position] = position_loss(base, y, m, ls, sums.x);
+    }
+    if (has_flag(FLAG_GRAD)) {
+        write_grad(position, base, y, m, ls, sums.y, lid, WG);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn row_serial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let position = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (position >= params.positions) {
+        return;
+    }
+    let base = row_base(position);
+    let st = row_stats(base, 0u, 1u);
+    let m = st.m;
+    let ls = log_sum(st);
+    var sums = vec2<f32>(0.0, 0.0);
+    if (needs_sums()) {
+        sums = weighted_sums(base, m, ls, 0u, 1u);
+    }
+    let y = target_class(position);
+    if (has_flag(FLAG_LOSS)) {
+        row_loss[position] = position_loss(base, y, m, ls, sums.x);
+    }
+    if (has_flag(FLAG_GRAD)) {
+        write_grad(position, base, y, m, ls, sums.y, 0u, 1u);
+    }
+}

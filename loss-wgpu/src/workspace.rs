@@ -1,0 +1,677 @@
+//! Device buffers for one problem, and the passes that run on them.
+//!
+//! A [`Workspace`] holds the problem's data split into chunks (ranges of batch items, each of
+//! which fits one storage binding), the per-position losses, the gradient and the readback
+//! staging. Buffers only grow: loading a problem that fits the current capacities writes into
+//! the existing buffers, so the end-to-end path allocates nothing after the first call.
+
+use std::num::NonZeroU64;
+use std::sync::mpsc;
+
+use loss_core::{Layout, LossError, Problem, Reduction, Result, TargetData};
+
+use crate::NAME;
+use crate::context::{
+    PARAM_STRIDE, REDUCE_BLOCK, ReduceParams, RowParams, WORKGROUP, WgpuContext, backend_error,
+    flags,
+};
+
+/// A buffer that is reallocated only when it must grow.
+struct GrowBuffer {
+    buffer: wgpu::Buffer,
+    capacity: u64,
+    usage: wgpu::BufferUsages,
+    label: &'static str,
+}
+
+impl GrowBuffer {
+    fn new(ctx: &WgpuContext, label: &'static str, usage: wgpu::BufferUsages) -> Self {
+        GrowBuffer {
+            buffer: create(ctx, label, usage, MIN_BYTES),
+            capacity: MIN_BYTES,
+            usage,
+            label,
+        }
+    }
+
+    /// Makes room for `bytes`; true when the buffer was replaced (bind groups must follow).
+    fn ensure(&mut self, ctx: &WgpuContext, bytes: u64, limit: u64) -> bool {
+        if bytes <= self.capacity {
+            return false;
+        }
+        // Grow geometrically (fewer reallocations over a range of sizes) but never past the
+        // binding limit that the chunking respects.
+        let capacity = bytes.next_power_of_two().min(limit).max(bytes);
+        self.buffer = create(ctx, self.label, self.usage, capacity);
+        self.capacity = capacity;
+        true
+    }
+}
+
+/// Bytes of the smallest buffer: bindings may not be empty.
+const MIN_BYTES: u64 = 16;
+
+fn create(ctx: &WgpuContext, label: &str, usage: wgpu::BufferUsages, size: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: size
+            .max(MIN_BYTES)
+            .next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT),
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+const STORAGE_IN: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST);
+const STORAGE_OUT: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+const UNIFORM: wgpu::BufferUsages = wgpu::BufferUsages::UNIFORM.union(wgpu::BufferUsages::COPY_DST);
+const STAGING: wgpu::BufferUsages =
+    wgpu::BufferUsages::MAP_READ.union(wgpu::BufferUsages::COPY_DST);
+
+/// The buffers of one chunk.
+struct ChunkBuffers {
+    logits: GrowBuffer,
+    targets: GrowBuffer,
+    grad_output: GrowBuffer,
+    row_loss: GrowBuffer,
+    grad: GrowBuffer,
+}
+
+impl ChunkBuffers {
+    fn new(ctx: &WgpuContext) -> Self {
+        ChunkBuffers {
+            logits: GrowBuffer::new(ctx, "logits", STORAGE_IN),
+            targets: GrowBuffer::new(ctx, "targets", STORAGE_IN),
+            grad_output: GrowBuffer::new(ctx, "grad_output", STORAGE_IN),
+            row_loss: GrowBuffer::new(ctx, "row_loss", STORAGE_OUT),
+            grad: GrowBuffer::new(ctx, "grad", STORAGE_OUT),
+        }
+    }
+}
+
+/// A range of whole batch items: with K-dim input the classes of a position are strided over
+/// the whole item, so an item cannot be split between bindings.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    first_position: usize,
+    positions: usize,
+    first_elem: usize,
+    elems: usize,
+}
+
+/// What is loaded, in the form the passes need it.
+#[derive(Debug, Clone)]
+struct Loaded {
+    layout: Layout,
+    spans: Vec<Span>,
+    probs: bool,
+    eps: f32,
+    total_weight: f32,
+    /// The mean's denominator (`Σ valid w[y]`, or `P`), summed on the host in f64.
+    denominator: f64,
+    reduction: Reduction,
+}
+
+/// Device buffers for one problem at a time (see the module docs).
+pub(crate) struct Workspace {
+    chunks: Vec<ChunkBuffers>,
+    weights: GrowBuffer,
+    row_params: GrowBuffer,
+    reduce_params: GrowBuffer,
+    partials: [GrowBuffer; 2],
+    staging: GrowBuffer,
+    row_groups: Vec<wgpu::BindGroup>,
+    reduce_groups: Vec<wgpu::BindGroup>,
+    stale_groups: bool,
+    loaded: Option<Loaded>,
+    grad_ready: bool,
+}
+
+fn f32_bytes(values: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(values)
+}
+
+fn bytes_of(n: usize) -> u64 {
+    n as u64 * 4
+}
+
+fn uniform(buffer: &GrowBuffer, size: usize) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: &buffer.buffer,
+        offset: 0,
+        size: NonZeroU64::new(size as u64),
+    })
+}
+
+fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry { binding, resource }
+}
+
+fn whole(buffer: &GrowBuffer) -> wgpu::BindingResource<'_> {
+    buffer.buffer.as_entire_binding()
+}
+
+/// Workgroup grid for `groups` workgroups: 2-D when one dimension is not enough.
+fn grid(groups: u32, max_grid: u32) -> Result<(u32, u32)> {
+    let x = groups.min(max_grid).max(1);
+    let y = groups.div_ceil(x);
+    if y > max_grid {
+        return Err(backend_error(format!(
+            "{groups} workgroups exceed a {max_grid} × {max_grid} grid"
+        )));
+    }
+    Ok((x, y))
+}
+
+impl Workspace {
+    pub(crate) fn new(ctx: &WgpuContext) -> Self {
+        Workspace {
+            chunks: Vec::new(),
+            weights: GrowBuffer::new(ctx, "weights", STORAGE_IN),
+            row_params: GrowBuffer::new(ctx, "row_params", UNIFORM),
+            reduce_params: GrowBuffer::new(ctx, "reduce_params", UNIFORM),
+            partials: [
+                GrowBuffer::new(ctx, "partials_a", STORAGE_OUT),
+                GrowBuffer::new(ctx, "partials_b", STORAGE_OUT),
+            ],
+            staging: GrowBuffer::new(ctx, "staging", STAGING),
+            row_groups: Vec::new(),
+            reduce_groups: Vec::new(),
+            stale_groups: true,
+            loaded: None,
+            grad_ready: false,
+        }
+    }
+
+    fn loaded(&self) -> Result<&Loaded> {
+        self.loaded
+            .as_ref()
+            .ok_or_else(|| backend_error("no problem uploaded"))
+    }
+
+    /// Number of loss values of the loaded problem.
+    pub(crate) fn loss_len(&self) -> usize {
+        self.loaded.as_ref().map_or(0, |l| match l.reduction {
+            Reduction::None => l.layout.positions(),
+            Reduction::Sum | Reduction::Mean => 1,
+        })
+    }
+
+    /// Number of gradient values (logits) of the loaded problem.
+    pub(crate) fn grad_len(&self) -> usize {
+        self.loaded.as_ref().map_or(0, |l| l.layout.len())
+    }
+
+    /// Whether a gradient has been computed for the loaded data.
+    pub(crate) fn grad_ready(&self) -> bool {
+        self.grad_ready
+    }
+
+    /// Splits the batch into spans whose logits fit one binding.
+    fn spans(ctx: &WgpuContext, layout: Layout) -> Result<Vec<Span>> {
+        if layout.positions() == 0 {
+            return Ok(Vec::new());
+        }
+        let item_elems = layout.classes * layout.inner;
+        let item_bytes = bytes_of(item_elems);
+        if item_bytes > ctx.max_binding_bytes {
+            return Err(LossError::Unsupported {
+                backend: NAME.to_string(),
+                feature: format!(
+                    "a batch item of {item_elems} logits ({item_bytes} bytes) larger than one \
+                     storage binding ({} bytes)",
+                    ctx.max_binding_bytes
+                ),
+            });
+        }
+        let items_per_span = usize::try_from(ctx.max_binding_bytes / item_bytes)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        Ok((0..layout.batch)
+            .step_by(items_per_span)
+            .map(|first| {
+                let items = items_per_span.min(layout.batch - first);
+                Span {
+                    first_position: first * layout.inner,
+                    positions: items * layout.inner,
+                    first_elem: first * item_elems,
+                    elems: items * item_elems,
+                }
+            })
+            .collect())
+    }
+
+    /// Uploads a validated problem into the buffers, growing them where needed.
+    pub(crate) fn load(&mut self, ctx: &WgpuContext, problem: &Problem<'_>) -> Result<()> {
+        self.loaded = None;
+        self.grad_ready = false;
+        let layout = problem.layout();
+        let spans = Self::spans(ctx, layout)?;
+        let limit = ctx.max_binding_bytes;
+        let classes = layout.classes;
+
+        let weights: Vec<f32> = problem
+            .weight()
+            .map_or_else(|| vec![1.0; classes], <[f32]>::to_vec);
+        let total_weight: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        let probs = matches!(problem.target(), TargetData::Probs(_));
+        let denominator = match problem.target() {
+            TargetData::Indices(y) => y
+                .iter()
+                .filter(|&&t| t != problem.ignore_index())
+                .map(|&t| f64::from(weights[t as usize]))
+                .sum(),
+            TargetData::Probs(_) => layout.positions() as f64,
+        };
+
+        let mut stale = self.weights.ensure(ctx, bytes_of(classes), limit);
+        ctx.queue
+            .write_buffer(&self.weights.buffer, 0, f32_bytes(&weights));
+        while self.chunks.len() < spans.len() {
+            self.chunks.push(ChunkBuffers::new(ctx));
+            stale = true;
+        }
+        let mut partial_count = 0u64;
+        for (span, chunk) in spans.iter().zip(&mut self.chunks) {
+            let elems = bytes_of(span.elems);
+            let positions = bytes_of(span.positions);
+            stale |= chunk.logits.ensure(ctx, elems, limit);
+            stale |= chunk.row_loss.ensure(ctx, positions, limit);
+            let logits = &problem.logits()[span.first_elem..span.first_elem + span.elems];
+            ctx.queue
+                .write_buffer(&chunk.logits.buffer, 0, f32_bytes(logits));
+            match problem.target() {
+                TargetData::Indices(y) => {
+                    stale |= chunk.targets.ensure(ctx, positions, limit);
+                    let ignore = problem.ignore_index();
+                    // WGSL has no i64: validated targets are in [0, C) (C fits u32 since the
+                    // logits fit a binding) or ignore_index, which becomes the IGNORED flag.
+                    let ids: Vec<u32> = y
+                        [span.first_position..span.first_position + span.positions]
+                        .iter()
+                        .map(|&t| if t == ignore { u32::MAX } else { t as u32 })
+                        .collect();
+                    ctx.queue
+                        .write_buffer(&chunk.targets.buffer, 0, bytemuck::cast_slice(&ids));
+                }
+                TargetData::Probs(t) => {
+                    stale |= chunk.targets.ensure(ctx, elems, limit);
+                    let t = &t[span.first_elem..span.first_elem + span.elems];
+                    ctx.queue
+                        .write_buffer(&chunk.targets.buffer, 0, f32_bytes(t));
+                }
+            }
+            partial_count += u64::from(
+                u32::try_from(span.positions)
+                    .map_err(|_| backend_error("too many positions in one binding"))?
+                    .div_ceil(REDUCE_BLOCK),
+            );
+        }
+        let params_bytes = PARAM_STRIDE * (spans.len() as u64).max(1);
+        stale |= self.row_params.ensure(ctx, params_bytes, u64::MAX);
+        // Reduction stages: one per chunk, then one per level over the partials.
+        let mut stages = spans.len() as u64;
+        let mut n = partial_count;
+        while n > 1 {
+            stages += 1;
+            n = n.div_ceil(u64::from(REDUCE_BLOCK));
+        }
+        stale |= self
+            .reduce_params
+            .ensure(ctx, PARAM_STRIDE * stages.max(1), u64::MAX);
+        for p in &mut self.partials {
+            stale |= p.ensure(ctx, bytes_of(partial_count as usize), u64::MAX);
+        }
+        self.stale_groups |= stale;
+        if self.stale_groups {
+            self.rebuild_groups(ctx);
+        }
+        self.loaded = Some(Loaded {
+            layout,
+            spans,
+            probs,
+            eps: problem.label_smoothing(),
+            total_weight: total_weight as f32,
+            denominator,
+            reduction: problem.reduction(),
+        });
+        ctx.check_errors()
+    }
+
+    fn rebuild_groups(&mut self, ctx: &WgpuContext) {
+        self.row_groups = self
+            .chunks
+            .iter()
+            .map(|c| {
+                ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("row"),
+                    layout: &ctx.row_layout,
+                    entries: &[
+                        entry(0, uniform(&self.row_params, size_of::<RowParams>())),
+                        entry(1, whole(&c.logits)),
+                        entry(2, whole(&c.targets)),
+                        entry(3, whole(&self.weights)),
+                        entry(4, whole(&c.grad_output)),
+                        entry(5, whole(&c.row_loss)),
+                        entry(6, whole(&c.grad)),
+                    ],
+                })
+            })
+            .collect();
+        let reduce = |src: &GrowBuffer, dst: &GrowBuffer| {
+            ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("reduce"),
+                layout: &ctx.reduce_layout,
+                entries: &[
+                    entry(0, uniform(&self.reduce_params, size_of::<ReduceParams>())),
+                    entry(1, whole(src)),
+                    entry(2, whole(dst)),
+                ],
+            })
+        };
+        // Per chunk: its losses into partials[0]; then partials[0] -> [1] and [1] -> [0].
+        let mut groups: Vec<wgpu::BindGroup> = self
+            .chunks
+            .iter()
+            .map(|c| reduce(&c.row_loss, &self.partials[0]))
+            .collect();
+        groups.push(reduce(&self.partials[0], &self.partials[1]));
+        groups.push(reduce(&self.partials[1], &self.partials[0]));
+        self.reduce_groups = groups;
+        self.stale_groups = false;
+    }
+
+    /// Runs the row pass (and the loss reduction when `want_loss` and the reduction is sum or
+    /// mean) and submits it; returns where the reduced sum ends up. Does not wait.
+    pub(crate) fn run(
+        &mut self,
+        ctx: &WgpuContext,
+        want_loss: bool,
+        grad_output: Option<&[f32]>,
+    ) -> Result<Option<usize>> {
+        let loaded = self.loaded()?.clone();
+        let want_grad = grad_output.is_some();
+        if want_grad {
+            // Gradient buffers are made on first use: forward-only callers never pay for them.
+            let limit = ctx.max_binding_bytes;
+            let mut stale = false;
+            for (span, chunk) in loaded.spans.iter().zip(&mut self.chunks) {
+                stale |= chunk.grad.ensure(ctx, bytes_of(span.elems), limit);
+                if loaded.reduction == Reduction::None {
+                    stale |= chunk
+                        .grad_output
+                        .ensure(ctx, bytes_of(span.positions), limit);
+                }
+            }
+            if stale {
+                self.rebuild_groups(ctx);
+            }
+        }
+        let mut flag_bits = 0;
+        if loaded.probs {
+            flag_bits |= flags::PROBS;
+        }
+        if want_loss {
+            flag_bits |= flags::LOSS;
+        }
+        if loaded.eps > 0.0 {
+            flag_bits |= flags::SMOOTHING;
+        }
+        let mut scale = 0.0f32;
+        if let Some(g) = grad_output {
+            flag_bits |= flags::GRAD;
+            match loaded.reduction {
+                Reduction::None => flag_bits |= flags::PER_POSITION,
+                Reduction::Sum => scale = g[0],
+                // g / D in f64, as the reference: inf or NaN when D = 0, which reaches only
+                // valid positions (ignored ones write an exact 0).
+                Reduction::Mean => scale = (f64::from(g[0]) / loaded.denominator) as f32,
+            }
+        }
+        if loaded.spans.is_empty() {
+            self.grad_ready |= want_grad;
+            return Ok(None);
+        }
+        let mut row_params = vec![0u8; PARAM_STRIDE as usize * loaded.spans.len()];
+        for (i, span) in loaded.spans.iter().enumerate() {
+            let p = RowParams {
+                classes: loaded.layout.classes as u32,
+                inner: loaded.layout.inner as u32,
+                positions: span.positions as u32,
+                flags: flag_bits,
+                eps: loaded.eps,
+                total_weight: loaded.total_weight,
+                scale,
+                pad: 0,
+            };
+            let at = i * PARAM_STRIDE as usize;
+            row_params[at..at + size_of::<RowParams>()].copy_from_slice(bytemuck::bytes_of(&p));
+            if let (Some(g), Reduction::None) = (grad_output, loaded.reduction) {
+                let g = &g[span.first_position..span.first_position + span.positions];
+                ctx.queue
+                    .write_buffer(&self.chunks[i].grad_output.buffer, 0, f32_bytes(g));
+            }
+        }
+        ctx.queue
+            .write_buffer(&self.row_params.buffer, 0, &row_params);
+
+        // The reduction plan: stage k reads `src` group, n values, writes partials.
+        let reduce_sum = want_loss && loaded.reduction != Reduction::None;
+        let mut plan: Vec<(usize, ReduceParams)> = Vec::new();
+        let mut result = None;
+        if reduce_sum {
+            let mut offset = 0u32;
+            for (i, span) in loaded.spans.iter().enumerate() {
+                let n = span.positions as u32;
+                plan.push((
+                    i,
+                    ReduceParams {
+                        n,
+                        src_offset: 0,
+                        dst_offset: offset,
+                        pad: 0,
+                    },
+                ));
+                offset += n.div_ceil(REDUCE_BLOCK);
+            }
+            let mut n = offset;
+            let mut side = 0;
+            while n > 1 {
+                plan.push((
+                    self.chunks.len() + side,
+                    ReduceParams {
+                        n,
+                        src_offset: 0,
+                        dst_offset: 0,
+                        pad: 0,
+                    },
+                ));
+                n = n.div_ceil(REDUCE_BLOCK);
+                side = 1 - side;
+            }
+            result = Some(side);
+            let mut bytes = vec![0u8; PARAM_STRIDE as usize * plan.len()];
+            for (k, (_, p)) in plan.iter().enumerate() {
+                let at = k * PARAM_STRIDE as usize;
+                bytes[at..at + size_of::<ReduceParams>()].copy_from_slice(bytemuck::bytes_of(p));
+            }
+            ctx.queue
+                .write_buffer(&self.reduce_params.buffer, 0, &bytes);
+        }
+
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("loss"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("loss"),
+                timestamp_writes: None,
+            });
+            let serial = loaded.layout.classes <= ctx.serial_max_classes;
+            pass.set_pipeline(if serial {
+                &ctx.serial_pipeline
+            } else {
+                &ctx.row_pipeline
+            });
+            for (i, span) in loaded.spans.iter().enumerate() {
+                let positions = span.positions as u32;
+                let (x, y) = grid(
+                    if serial {
+                        positions.div_ceil(WORKGROUP)
+                    } else {
+                        positions
+                    },
+                    ctx.max_grid,
+                )?;
+                pass.set_bind_group(0, &self.row_groups[i], &[(i as u64 * PARAM_STRIDE) as u32]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+            if !plan.is_empty() {
+                pass.set_pipeline(&ctx.reduce_pipeline);
+                for (k, (group, p)) in plan.iter().enumerate() {
+                    let (x, y) = grid(p.n.div_ceil(REDUCE_BLOCK), ctx.max_grid)?;
+                    pass.set_bind_group(
+                        0,
+                        &self.reduce_groups[*group],
+                        &[(k as u64 * PARAM_STRIDE) as u32],
+                    );
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            }
+        }
+        ctx.queue.submit([encoder.finish()]);
+        self.grad_ready |= want_grad;
+        ctx.check_errors()?;
+        Ok(result)
+    }
+
+    /// Reads back what [`Workspace::run`] computed, in one round trip where the staging buffer
+    /// allows: the loss when `loss` is given (`sum_at` is what `run` returned), the gradient
+    /// when `grad` is given.
+    pub(crate) fn read(
+        &mut self,
+        ctx: &WgpuContext,
+        sum_at: Option<usize>,
+        loss: Option<&mut [f32]>,
+        grad: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let loaded = self.loaded()?.clone();
+        let Workspace {
+            chunks,
+            partials,
+            staging,
+            ..
+        } = self;
+        let mut items: Vec<(&wgpu::Buffer, &mut [f32])> = Vec::new();
+        let mut total = [0.0f32];
+        let mut reduced = None;
+        if let Some(loss) = loss {
+            match loaded.reduction {
+                Reduction::None => {
+                    let mut rest = loss;
+                    for (span, chunk) in loaded.spans.iter().zip(chunks.iter()) {
+                        let (head, tail) = rest.split_at_mut(span.positions);
+                        items.push((&chunk.row_loss.buffer, head));
+                        rest = tail;
+                    }
+                }
+                Reduction::Sum | Reduction::Mean => {
+                    if let Some(side) = sum_at {
+                        items.push((&partials[side].buffer, &mut total[..]));
+                    }
+                    reduced = Some(loss);
+                }
+            }
+        }
+        if let Some(grad) = grad {
+            let mut rest = grad;
+            for (span, chunk) in loaded.spans.iter().zip(chunks.iter()) {
+                let (head, tail) = rest.split_at_mut(span.elems);
+                items.push((&chunk.grad.buffer, head));
+                rest = tail;
+            }
+        }
+        read_back(ctx, staging, &mut items)?;
+        drop(items);
+        if let Some(loss) = reduced {
+            loss[0] = if loaded.reduction == Reduction::Mean {
+                // 0/0 = NaN for D = 0, as the specification asks.
+                (f64::from(total[0]) / loaded.denominator) as f32
+            } else {
+                total[0]
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Copies the leading values of each buffer into its slice, through `staging`, in as few
+/// round trips as the staging capacity (at most one binding) allows.
+fn read_back(
+    ctx: &WgpuContext,
+    staging: &mut GrowBuffer,
+    items: &mut [(&wgpu::Buffer, &mut [f32])],
+) -> Result<()> {
+    let total: usize = items.iter().map(|(_, out)| out.len()).sum();
+    if total == 0 {
+        return Ok(());
+    }
+    let largest = items.iter().map(|(_, out)| out.len()).max().unwrap_or(0);
+    let want = bytes_of(total)
+        .min(ctx.max_binding_bytes)
+        .max(bytes_of(largest));
+    staging.ensure(ctx, want, ctx.max_binding_bytes);
+    let capacity = staging.capacity;
+    let mut next = 0;
+    while next < items.len() {
+        let first = next;
+        let mut used = 0u64;
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("read"),
+            });
+        while next < items.len() {
+            let bytes = bytes_of(items[next].1.len());
+            if used + bytes > capacity {
+                break;
+            }
+            if bytes > 0 {
+                encoder.copy_buffer_to_buffer(items[next].0, 0, &staging.buffer, used, bytes);
+            }
+            used += bytes;
+            next += 1;
+        }
+        ctx.queue.submit([encoder.finish()]);
+        if used == 0 {
+            continue;
+        }
+        let slice = staging.buffer.slice(..used);
+        let (tx, rx) = mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        ctx.wait()?;
+        rx.recv()
+            .map_err(|_| backend_error("map callback dropped"))?
+            .map_err(|e| backend_error(format!("map failed: {e}")))?;
+        {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| backend_error(format!("mapped range: {e}")))?;
+            let mut at = 0usize;
+            for (_, out) in &mut items[first..next] {
+                let bytes = out.len() * 4;
+                bytemuck::cast_slice_mut::<f32, u8>(out).copy_from_slice(&view[at..at + bytes]);
+                at += bytes;
+            }
+        }
+        staging.buffer.unmap();
+    }
+    ctx.check_errors()
+}

@@ -1,0 +1,172 @@
+//! Shared test helpers: one backend per test binary, skipped cleanly without an adapter.
+
+#![allow(dead_code)] // each test binary uses a different subset of these helpers
+
+use std::sync::{Once, OnceLock};
+
+use loss_core::conformance::Tolerance;
+use loss_core::{LossBackend, Problem, ProblemData, ReferenceBackend, Result, reference};
+use loss_wgpu::{WgpuBackend, WgpuOptions};
+
+/// The backend of this test binary, opened once; `None` (after one `SKIPPED` line on stderr)
+/// when there is no adapter, unless `LOSS_WGPU_REQUIRE_ADAPTER=1`, which makes that a failure.
+pub fn backend() -> Option<&'static WgpuBackend> {
+    static BACKEND: OnceLock<std::result::Result<WgpuBackend, String>> = OnceLock::new();
+    static REPORT: Once = Once::new();
+    let opened = BACKEND.get_or_init(|| WgpuBackend::new().map_err(|e| e.to_string()));
+    match opened {
+        Ok(b) => {
+            REPORT.call_once(|| eprintln!("loss-wgpu tests on {}", b.describe()));
+            Some(b)
+        }
+        Err(reason) => {
+            assert!(
+                std::env::var("LOSS_WGPU_REQUIRE_ADAPTER").as_deref() != Ok("1"),
+                "LOSS_WGPU_REQUIRE_ADAPTER=1 but no wgpu adapter: {reason}"
+            );
+            REPORT.call_once(|| eprintln!("SKIPPED: no wgpu adapter ({reason})"));
+            None
+        }
+    }
+}
+
+/// Returns from the test when there is no adapter (see [`backend`]).
+#[macro_export]
+macro_rules! backend_or_skip {
+    () => {
+        match common::backend() {
+            Some(b) => b,
+            None => return,
+        }
+    };
+}
+
+/// A second backend that sends every row to the workgroup-per-position kernel
+/// (`serial_max_classes = 0`), so that kernel is covered on small shapes too.
+pub fn workgroup_backend() -> Option<&'static WgpuBackend> {
+    static BACKEND: OnceLock<Option<WgpuBackend>> = OnceLock::new();
+    backend()?;
+    BACKEND
+        .get_or_init(|| {
+            let options = WgpuOptions {
+                serial_max_classes: 0,
+                ..WgpuOptions::default()
+            };
+            Some(WgpuBackend::with_options(&options).expect("a second device on the adapter"))
+        })
+        .as_ref()
+}
+
+/// Both backends (default kernel choice, workgroup kernel only); empty without an adapter.
+pub fn both() -> Vec<&'static WgpuBackend> {
+    backend().into_iter().chain(workgroup_backend()).collect()
+}
+
+/// A shared backend by value, for `backend_property_tests!` (which borrows a fresh value per
+/// case): `Shared(backend)` or `Shared(workgroup_backend)`. Without an adapter it forwards to
+/// the reference backend after the `SKIPPED` line, so the property tests pass vacuously
+/// rather than fail (and fail with `LOSS_WGPU_REQUIRE_ADAPTER=1`).
+pub struct Shared(pub fn() -> Option<&'static WgpuBackend>);
+
+impl Shared {
+    fn inner(&self) -> &dyn LossBackend {
+        static REFERENCE: ReferenceBackend = ReferenceBackend;
+        match (self.0)() {
+            Some(b) => b,
+            None => &REFERENCE,
+        }
+    }
+}
+
+impl LossBackend for Shared {
+    fn name(&self) -> &str {
+        self.inner().name()
+    }
+    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
+        self.inner().forward_into(problem, loss)
+    }
+    fn backward_into(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        self.inner().backward_into(problem, grad_output, grad)
+    }
+    fn forward_backward_into(
+        &self,
+        problem: &Problem<'_>,
+        grad_output: &[f32],
+        loss: &mut [f32],
+        grad: &mut [f32],
+    ) -> Result<()> {
+        self.inner()
+            .forward_backward_into(problem, grad_output, loss, grad)
+    }
+    fn tolerance(&self, file: Tolerance) -> Tolerance {
+        self.inner().tolerance(file)
+    }
+}
+
+/// Asserts `got` is within `tol` of `expected`, naming the first mismatches.
+pub fn assert_close(what: &str, got: &[f32], expected: &[f64], tol: Tolerance) {
+    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|&(_, (&g, &e))| !tol.allows(f64::from(g), e))
+        .take(5)
+        .map(|(i, (g, e))| format!("[{i}] got {g:e} expected {e:e}"))
+        .collect();
+    assert!(bad.is_empty(), "{what}: {}", bad.join(", "));
+}
+
+/// Checks loss and gradient of `backend` against the f64 reference, with upstream gradient
+/// `g` (or a fixed one when `None`).
+pub fn check_against_reference(backend: &dyn LossBackend, data: &ProblemData, tol: Tolerance) {
+    let problem = data.problem().expect("valid problem");
+    let g: Vec<f32> = (0..problem.loss_len())
+        .map(|i| 0.5 + (i % 7) as f32 * 0.25)
+        .collect();
+    let logits: Vec<f64> = problem.logits().iter().map(|&x| f64::from(x)).collect();
+    let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+    let want_loss = reference::forward_f64(&problem, &logits);
+    let want_grad = reference::backward_f64(&problem, &logits, &g64);
+    let (loss, grad) = backend
+        .forward_backward(&problem, &g)
+        .expect("forward_backward");
+    assert_close("loss", &loss, &want_loss, tol);
+    assert_close("grad", &grad, &want_grad, tol);
+    let loss_only = backend.forward(&problem).expect("forward");
+    assert_close("forward loss", &loss_only, &want_loss, tol);
+    let grad_only = backend.backward(&problem, &g).expect("backward");
+    assert_close("backward grad", &grad_only, &want_grad, tol);
+}
+
+/// A deterministic pseudo-random stream (xorshift), so large tests need no generator crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in `[lo, hi)`.
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * unit
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    pub fn logits(&mut self, len: usize, spread: f32) -> Vec<f32> {
+        (0..len).map(|_| self.uniform(-spread, spread)).collect()
+    }
+}
