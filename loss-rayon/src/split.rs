@@ -35,22 +35,36 @@ pub fn splits_rows(problem: &Problem<'_>) -> bool {
 
 /// The mergeable partial state of part of a row: what a shard of the class dimension reports.
 ///
-/// - `lse`: max and sum of exponentials of the part's logits;
-/// - `weighted_logits`: `Σ w[c]·x[c]` (index targets with smoothing) or `Σ w[c]·t'[c]·x[c]`
-///   (probability targets) over the part, else 0;
-/// - `target_mass`: `Σ w[c]·t'[c]` over the part (probability targets), else 0.
+/// Sums over logits are kept *relative to the part's max* `m` (0 while `m = −∞`), so that a
+/// large common offset of the logits cancels exactly instead of drowning the small terms:
 ///
-/// With `LSE` from the merged `lse`, the row's loss is (see [the loss](loss_core#the-loss))
-/// `(1−ε)·w[y]·(LSE − x[y]) + (ε/C)·(W·LSE − weighted_logits)` for an index target `y`, and
-/// `target_mass·LSE − weighted_logits` for probabilities.
+/// - `lse`: `m` and `Σ exp(x − m)` (loss-cpu's [`LseState`]);
+/// - `weighted_logits`: `Σ w[c]·(x[c] − m)` (index targets with smoothing) or
+///   `Σ w[c]·t'[c]·(x[c] − m)` (probability targets), else 0;
+/// - `weight_sum`: `Σ w[c]` (index targets with smoothing) or `Σ w[c]·t'[c]` (probability
+///   targets), else 0: what re-bases `weighted_logits` when a merge raises the max.
+///
+/// With the merged state (max `M`, sum `S`), `LSE − M = ln S`, and the row's loss is
+/// `(1−ε)·w[y]·((M − x[y]) + ln S) + (ε/C)·(W·ln S − weighted_logits)` for an index target `y`
+/// (see [the loss](loss_core#the-loss)), and `weight_sum·ln S − weighted_logits` for
+/// probabilities.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RowPartial {
     /// Max and sum of exponentials.
     pub lse: LseState,
-    /// `Σ w·x` or `Σ w·t'·x`.
+    /// `Σ w·(x − max)` or `Σ w·t'·(x − max)`.
     pub weighted_logits: f64,
-    /// `Σ w·t'`.
-    pub target_mass: f64,
+    /// `Σ w` or `Σ w·t'`.
+    pub weight_sum: f64,
+}
+
+/// The point a partial's sums are relative to: its max, or 0 while that is `−∞`.
+fn origin(max: f32) -> f64 {
+    if max == f32::NEG_INFINITY {
+        0.0
+    } else {
+        f64::from(max)
+    }
 }
 
 impl RowPartial {
@@ -58,15 +72,25 @@ impl RowPartial {
     pub const EMPTY: RowPartial = RowPartial {
         lse: LseState::EMPTY,
         weighted_logits: 0.0,
-        target_mass: 0.0,
+        weight_sum: 0.0,
     };
 
     /// The partial of the union of two disjoint parts of a row.
     pub fn merge(self, other: RowPartial) -> RowPartial {
+        let lse = self.lse.merge(other.lse);
+        let to = origin(lse.max);
+        let rebase = |p: RowPartial| {
+            let shift = origin(p.lse.max) - to;
+            if shift == 0.0 {
+                p.weighted_logits
+            } else {
+                p.weighted_logits + shift * p.weight_sum
+            }
+        };
         RowPartial {
-            lse: self.lse.merge(other.lse),
-            weighted_logits: self.weighted_logits + other.weighted_logits,
-            target_mass: self.target_mass + other.target_mass,
+            lse,
+            weighted_logits: rebase(self) + rebase(other),
+            weight_sum: self.weight_sum + other.weight_sum,
         }
     }
 }
@@ -104,56 +128,66 @@ impl RowCtx<'_> {
 
     fn chunk_partial(&self, r: usize, c0: usize, x: &[f32]) -> RowPartial {
         let lse = LseState::of(x);
-        let (weighted_logits, target_mass) = match self.target(r) {
+        let o = origin(lse.max);
+        let (weighted_logits, weight_sum) = match self.target(r) {
             Ok(_) if self.eps > 0.0 => {
-                let s = x
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &v)| self.w(c0 + k) * f64::from(v))
-                    .sum();
-                (s, 0.0)
+                x.iter().enumerate().fold((0.0, 0.0), |(wx, ws), (k, &v)| {
+                    let w = self.w(c0 + k);
+                    (wx + w * (f64::from(v) - o), ws + w)
+                })
             }
             Ok(_) => (0.0, 0.0),
             Err(t) => x.iter().enumerate().fold((0.0, 0.0), |(wx, m), (k, &v)| {
                 let wt = self.w(c0 + k) * self.tprime(t[c0 + k]);
-                (wx + wt * f64::from(v), m + wt)
+                (wx + wt * (f64::from(v) - o), m + wt)
             }),
         };
         RowPartial {
             lse,
             weighted_logits,
-            target_mass,
+            weight_sum,
         }
     }
 
     fn row_loss(&self, r: usize, x_row: &[f32], p: RowPartial) -> f64 {
-        let lse = p.lse.log_sum_exp();
+        if p.lse.max.is_nan() || p.lse.max == f32::NEG_INFINITY {
+            // A NaN logit, or every class masked: NaN, as the reference gives.
+            return match self.target(r) {
+                Ok(None) => 0.0,
+                _ => f64::NAN,
+            };
+        }
+        let top = f64::from(p.lse.max);
+        let ln_sum = p.lse.sum.ln();
         match self.target(r) {
             Ok(None) => 0.0,
             Ok(Some(y)) => {
-                let nll = (1.0 - self.eps) * self.w(y) * (lse - f64::from(x_row[y]));
+                let nll = (1.0 - self.eps) * self.w(y) * ((top - f64::from(x_row[y])) + ln_sum);
                 if self.eps > 0.0 {
                     let c = self.problem.classes() as f64;
-                    nll + self.eps / c * (self.total_weight * lse - p.weighted_logits)
+                    nll + self.eps / c * (self.total_weight * ln_sum - p.weighted_logits)
                 } else {
                     nll
                 }
             }
-            Err(_) => p.target_mass * lse - p.weighted_logits,
+            Err(_) => p.weight_sum * ln_sum - p.weighted_logits,
         }
     }
 
-    /// Writes the gradient of one chunk of row `r`.
+    /// Writes the gradient of one chunk of row `r`, given the row's merged partial.
     fn chunk_grad(&self, r: usize, c0: usize, x: &[f32], p: RowPartial, s: f32, out: &mut [f32]) {
         let lse = p.lse.log_sum_exp();
         let c = self.problem.classes() as f64;
         let s64 = f64::from(s);
+        // p[c] = exp(x − max) / sum: the exponent stays exact for logits of any magnitude.
+        let fast = s.is_finite() && lse.is_finite() && p.lse.sum.is_finite();
+        let inv_sum = 1.0 / p.lse.sum;
         match self.target(r) {
             Ok(None) => out.fill(0.0),
             Ok(Some(y)) => {
                 let keep = (1.0 - self.eps) * self.w(y);
                 let spread = self.eps / c;
-                if !s.is_finite() || !lse.is_finite() {
+                if !fast {
                     for (k, (o, &v)) in out.iter_mut().zip(x).enumerate() {
                         let pc = (f64::from(v) - lse).exp();
                         let onehot = if c0 + k == y { 1.0 } else { 0.0 };
@@ -172,7 +206,7 @@ impl RowCtx<'_> {
                         } else {
                             0.0
                         });
-                softmax_scaled(x, lse as f32, a as f32, out);
+                softmax_scaled(x, p.lse.max, (a * inv_sum) as f32, out);
                 if self.eps > 0.0 {
                     for (k, o) in out.iter_mut().enumerate() {
                         *o -= (s64 * spread * self.w(c0 + k)) as f32;
@@ -183,8 +217,8 @@ impl RowCtx<'_> {
                 }
             }
             Err(t) => {
-                let mass = p.target_mass;
-                if !s.is_finite() || !lse.is_finite() || !mass.is_finite() {
+                let mass = p.weight_sum;
+                if !fast || !mass.is_finite() {
                     for (k, (o, &v)) in out.iter_mut().zip(x).enumerate() {
                         let pc = (f64::from(v) - lse).exp();
                         let g = pc * mass - self.w(c0 + k) * self.tprime(t[c0 + k]);
@@ -192,7 +226,7 @@ impl RowCtx<'_> {
                     }
                     return;
                 }
-                softmax_scaled(x, lse as f32, (s64 * mass) as f32, out);
+                softmax_scaled(x, p.lse.max, (s64 * mass * inv_sum) as f32, out);
                 for (k, o) in out.iter_mut().enumerate() {
                     *o -= (s64 * self.w(c0 + k) * self.tprime(t[c0 + k])) as f32;
                 }

@@ -150,3 +150,30 @@ fn split_path_agrees_with_reference() {
     }
     assert_eq!(split_cases, 3);
 }
+
+/// Logits with a large common offset: the split path's sums are relative to the max, so the
+/// offset cancels and the answer still matches the reference (which works in f64).
+#[test]
+fn split_path_survives_a_large_offset() {
+    for (probs, eps) in [(false, 0.1), (true, 0.2), (false, 0.0)] {
+        let mut d = problem(&[2, 50_000], probs, eps, Reduction::None);
+        for x in &mut d.logits {
+            *x += 30_000.0;
+        }
+        let p = d.problem().unwrap();
+        assert!(split::splits_rows(&p));
+        let g = vec![1.0f32; p.loss_len()];
+        let (rl, rg) = ReferenceBackend.forward_backward(&p, &g).unwrap();
+        let (l, gr) = RayonBackend::new(2)
+            .unwrap()
+            .forward_backward(&p, &g)
+            .unwrap();
+        let tol = DEFAULT_TOLERANCE;
+        for (&x, &y) in l.iter().zip(&rl).chain(gr.iter().zip(&rg)) {
+            assert!(
+                tol.allows(f64::from(x), f64::from(y)),
+                "probs={probs} eps={eps}: {x} vs {y}"
+            );
+        }
+    }
+}
