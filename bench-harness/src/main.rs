@@ -64,6 +64,9 @@ struct RunArgs {
     /// Class counts, comma-separated.
     #[arg(long, value_delimiter = ',')]
     classes: Vec<usize>,
+    /// Explicit cells `NxC`, comma-separated (`1024x10,64x128256`); they replace the grid.
+    #[arg(long, value_delimiter = ',')]
+    cells: Vec<String>,
     /// Backends to time (repeatable; default: every backend but the reference).
     #[arg(long = "backend")]
     backend: Vec<String>,
@@ -184,6 +187,21 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
     if !args.threads.is_empty() {
         opts.threads = args.threads.clone();
     }
+    opts.cells = args
+        .cells
+        .iter()
+        .map(|c| {
+            let (n, k) = c
+                .split_once('x')
+                .ok_or_else(|| format!("--cells {c:?}: expected NxC"))?;
+            let parse = |v: &str| {
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|e| format!("--cells {c:?}: {e}"))
+            };
+            Ok((parse(n)?, parse(k)?))
+        })
+        .collect::<Result<_, String>>()?;
     opts.backends = args.backend.clone();
     opts.ops = if args.op == "all" {
         Op::ALL.to_vec()

@@ -23,6 +23,8 @@ pub struct RunOptions {
     pub batch: Vec<usize>,
     /// Class counts.
     pub classes: Vec<usize>,
+    /// Explicit `(batch, classes)` cells; when non-empty they replace the batch × classes grid.
+    pub cells: Vec<(usize, usize)>,
     /// Backends to time (empty: every backend timed by default).
     pub backends: Vec<String>,
     /// Operations to time.
@@ -52,6 +54,7 @@ impl Default for RunOptions {
         RunOptions {
             batch: vec![1, 32, 256, 2048, 16384],
             classes: vec![10, 100, 1000, 32000, 128256],
+            cells: Vec::new(),
             backends: Vec::new(),
             ops: Op::ALL.to_vec(),
             threads: vec![available_cores()],
@@ -585,9 +588,17 @@ pub fn run(opts: &RunOptions) -> RunReport {
             )
     };
     let budget = TimingBudget::for_run(opts.quick);
+    let grid: Vec<(usize, usize)> = if opts.cells.is_empty() {
+        opts.batch
+            .iter()
+            .flat_map(|&b| opts.classes.iter().map(move |&c| (b, c)))
+            .collect()
+    } else {
+        opts.cells.clone()
+    };
     let mut cells = Vec::new();
-    for &batch in &opts.batch {
-        for &classes in &opts.classes {
+    {
+        for (batch, classes) in grid {
             let bytes = batch.saturating_mul(classes).saturating_mul(4);
             if bytes > opts.max_bytes {
                 skipped.push(skip(
@@ -695,6 +706,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
         config: RunConfig {
             batch: opts.batch.clone(),
             classes: opts.classes.clone(),
+            cells: opts.cells.clone(),
             ops: opts.ops.clone(),
             threads: opts.threads.clone(),
             weighted: opts.weighted,

@@ -105,6 +105,9 @@ pub struct RunConfig {
     pub batch: Vec<usize>,
     /// Class counts of the grid.
     pub classes: Vec<usize>,
+    /// Explicit cells that replaced the grid, if any.
+    #[serde(default)]
+    pub cells: Vec<(usize, usize)>,
     /// Operations timed.
     pub ops: Vec<Op>,
     /// Thread counts given to parallel backends.

@@ -90,7 +90,7 @@ fn bandwidth() -> (f64, f64) {
 }
 
 fn main() {
-    // `XENT_ONLY=NxC XENT_ITERS=k XENT_MODE=fwd|fused`: exactly k calls of one shape and
+    // `XENT_ONLY=NxC[xD] XENT_ITERS=k XENT_MODE=fwd|fused`: exactly k calls of one shape and
     // nothing else, for `perf stat -e cycles:u` (stable when other work shares the cores).
     // `XENT_EXP=1`: the ceiling, `exp` alone over an L1-resident buffer.
     if std::env::var("XENT_EXP").is_ok() {
@@ -107,22 +107,30 @@ fn main() {
         return;
     }
     if let (Ok(only), Ok(iters)) = (std::env::var("XENT_ONLY"), std::env::var("XENT_ITERS")) {
-        let (n, c) = only.split_once('x').expect("NxC");
-        let (n, c): (usize, usize) = (n.parse().unwrap(), c.parse().unwrap());
+        // `NxC` or `NxCxD` (K-dimensional, D positions per batch row).
+        let dims: Vec<usize> = only
+            .split('x')
+            .map(|d| d.parse().expect("NxC[xD]"))
+            .collect();
+        let (n, c, d) = (dims[0], dims[1], dims.get(2).copied().unwrap_or(1));
         let fused = std::env::var("XENT_MODE").is_ok_and(|m| m == "fused");
-        let logits: Vec<f32> = (0..n * c)
+        let logits: Vec<f32> = (0..n * c * d)
             .map(|i| ((i * 7919) % 2000) as f32 * 0.01 - 10.0)
             .collect();
-        let target: Vec<i64> = (0..n).map(|i| ((i * 31) % c) as i64).collect();
+        let target: Vec<i64> = (0..n * d).map(|i| ((i * 31) % c) as i64).collect();
         let weight: Vec<f32> = (0..c).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
-        let (shape, tshape) = ([n, c], [n]);
+        let (shape, tshape) = if dims.len() == 3 {
+            (vec![n, c, d], vec![n, d])
+        } else {
+            (vec![n, c], vec![n])
+        };
         let target = Target::Indices {
             data: &target,
             shape: &tshape,
         };
         let problem = Problem::new(&logits, &shape, target, LossOptions::new().weight(&weight))
             .expect("valid problem");
-        let (mut loss, mut grad) = ([0.0f32], vec![0.0f32; n * c]);
+        let (mut loss, mut grad) = ([0.0f32], vec![0.0f32; n * c * d]);
         let origin = Instant::now();
         let mut per_call = Vec::new();
         for _ in 0..iters.parse::<usize>().unwrap() {
@@ -142,7 +150,7 @@ fn main() {
         println!(
             "{only} {}: {:.2} G logits/s (median of {} calls, CPU time)",
             if fused { "fused" } else { "fwd" },
-            (n * c) as f64 / median / 1e9,
+            (n * c * d) as f64 / median / 1e9,
             per_call.len()
         );
         return;

@@ -574,34 +574,15 @@ impl UnitOp<'_, '_, '_> {
                 return losses;
             }
         }
-        // The upstream scale of each lane. With every lane's finite (the rule), the sum pass
-        // stores each `exp(x − max)` into the gradient and the gradient pass only scales it (one
-        // `exp` per logit, as the rows); otherwise the gradient pass evaluates `exp` again.
-        let mut s = [0.0f32; MAX_LANES];
-        if self.dst.is_some() {
-            for j in 0..width {
-                s[j] = self.scale.at(tile_first + j);
-            }
-        }
-        let single = self.dst.is_some() && s[..width].iter().all(|v| v.is_finite());
         // Statistics: max, Σ exp(x − max), and the smoothing / probability sums.
         let (states, mass, dot, x_y) = {
+            let x: &[f32] = match self.src {
+                Some(x) => x,
+                None => self.dst.as_deref().unwrap_or(&[]),
+            };
             let mut m = simd.splat_f32s(f32::NEG_INFINITY);
-            let mut x_y = [0.0f32; MAX_LANES];
-            {
-                let x: &[f32] = match self.src {
-                    Some(x) => x,
-                    None => self.dst.as_deref().unwrap_or(&[]),
-                };
-                for c in 0..classes {
-                    m = simd.max_f32s(m, load_n(simd, x, base + c * inner, width));
-                }
-                // Before the sum pass, which may overwrite the logits in place.
-                if probs.is_none() {
-                    for j in 0..width {
-                        x_y[j] = x[base + ys[j] * inner + j];
-                    }
-                }
+            for c in 0..classes {
+                m = simd.max_f32s(m, load_n(simd, x, base + c * inner, width));
             }
             let m = lanes_of(simd, m);
             let mut o = [0.0f32; MAX_LANES];
@@ -620,22 +601,8 @@ impl UnitOp<'_, '_, '_> {
                 let mut am = simd.splat_f32s(0.0);
                 let mut ad = simd.splat_f32s(0.0);
                 for c in c0..end {
-                    let off = base + c * inner;
-                    let v = match self.src {
-                        Some(x) => load_n(simd, x, off, width),
-                        None => load_n(simd, self.dst.as_deref().unwrap_or(&[]), off, width),
-                    };
-                    let e = exp_shifted(simd, simd.sub_f32s(v, ov));
-                    acc = simd.add_f32s(acc, e);
-                    if single {
-                        store_n(
-                            simd,
-                            self.dst.as_deref_mut().unwrap_or(&mut []),
-                            off,
-                            width,
-                            e,
-                        );
-                    }
+                    let v = load_n(simd, x, base + c * inner, width);
+                    acc = simd.add_f32s(acc, exp_shifted(simd, simd.sub_f32s(v, ov)));
                     let wc = w.map_or(1.0, |w| w[c]);
                     if let Some(t) = probs {
                         let tv = load_n(simd, t, base + c * inner, width);
@@ -662,11 +629,15 @@ impl UnitOp<'_, '_, '_> {
                 c0 = end;
             }
             let mut states = [LseState::EMPTY; MAX_LANES];
+            let mut x_y = [0.0f32; MAX_LANES];
             for j in 0..width {
                 states[j] = LseState {
                     max: m[j],
                     sum: sum[j],
                 };
+                if probs.is_none() {
+                    x_y[j] = x[base + ys[j] * inner + j];
+                }
             }
             (states, mass, dot, x_y)
         };
@@ -687,9 +658,11 @@ impl UnitOp<'_, '_, '_> {
         let mut a = [0.0f32; MAX_LANES];
         let mut b = [0.0f32; MAX_LANES];
         let mut lse32 = [0.0f32; MAX_LANES];
+        let mut s = [0.0f32; MAX_LANES];
         let mut fix = [0.0f32; MAX_LANES];
         let mut slow = [false; MAX_LANES];
         for j in 0..width {
+            s[j] = self.scale.at(tile_first + j);
             slow[j] = !s[j].is_finite() || !valid[j];
             if slow[j] {
                 continue;
@@ -699,17 +672,6 @@ impl UnitOp<'_, '_, '_> {
                 a[j] = (f64::from(s[j]) * mass[j]) as f32;
             } else {
                 (a[j], b[j], fix[j]) = plan.index_coefficients(s[j], ys[j]);
-            }
-            if single {
-                // The stored e = exp(x − max): p = e / sum (0 for an all-masked lane, NaN stays).
-                let factor = if lse[j].is_nan() {
-                    f64::NAN
-                } else if states[j].max == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    states[j].sum.recip()
-                };
-                a[j] = (f64::from(a[j]) * factor) as f32;
             }
         }
         let (av, bv, lv, sv) = (
@@ -721,15 +683,11 @@ impl UnitOp<'_, '_, '_> {
         let src = self.src;
         for c in 0..classes {
             let off = base + c * inner;
-            let ap = if single {
-                simd.mul_f32s(av, load_n(simd, dst, off, width))
-            } else {
-                let v = match src {
-                    Some(x) => load_n(simd, x, off, width),
-                    None => load_n(simd, dst, off, width),
-                };
-                simd.mul_f32s(av, exp_shifted(simd, simd.sub_f32s(v, lv)))
+            let v = match src {
+                Some(x) => load_n(simd, x, off, width),
+                None => load_n(simd, dst, off, width),
             };
+            let ap = simd.mul_f32s(av, exp_shifted(simd, simd.sub_f32s(v, lv)));
             let wc = simd.splat_f32s(plan.class_weight(c));
             let g = if let Some(t) = probs {
                 let tv = load_n(simd, t, off, width);
