@@ -255,9 +255,15 @@ fn row_partials(ctx: &RowCtx<'_>, parallel: bool) -> Vec<RowPartial> {
 }
 
 fn context<'a>(problem: &'a Problem<'a>) -> RowCtx<'a> {
-    let total_weight = (0..problem.classes())
-        .map(|c| f64::from(problem.class_weight(c)))
-        .sum();
+    // W is only used by the smoothing term; summing C weights serially costs about as much as
+    // the LSE of the row (measured: 1×128256 forward at 0.49 G/s with it, loss-cpu's 0.70).
+    let total_weight = if problem.label_smoothing() > 0.0 {
+        (0..problem.classes())
+            .map(|c| f64::from(problem.class_weight(c)))
+            .sum()
+    } else {
+        0.0
+    };
     RowCtx {
         problem,
         eps: f64::from(problem.label_smoothing()),
