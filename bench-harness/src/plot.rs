@@ -69,7 +69,7 @@ pub fn plot(report: &RunReport, batch: Option<usize>, out: &Path) -> Result<(), 
         .iter()
         .map(|r| r.elements_per_second)
         .fold(bw_max * 1e9 / 4.0, f64::max)
-        * 2.0;
+        * 12.0; // head room above the data for the legend
     let y_min = rows
         .iter()
         .map(|r| r.elements_per_second)
@@ -161,7 +161,7 @@ pub fn plot(report: &RunReport, batch: Option<usize>, out: &Path) -> Result<(), 
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.4))
             .label_font(("sans-serif", 12))

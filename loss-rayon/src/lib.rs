@@ -9,7 +9,8 @@
 //!   exactly the order [`loss_cpu::CpuBackend`] adds them in, so the result has the same bits as
 //!   loss-cpu's, for any thread count.
 //! - **Few rows, huge vocabularies** (at most [`split::SPLIT_MAX_ROWS`] rows of at least
-//!   [`split::SPLIT_MIN_CLASSES`] classes: LLM decoding, small batches): each row's classes are
+//!   [`split::SPLIT_MIN_CLASSES`] classes: LLM decoding, small batches; for the gradient only
+//!   with [`RayonBackend::with_split_gradients`], see there why): each row's classes are
 //!   cut into fixed chunks whose mergeable partial states ([`RowPartial`], built on loss-cpu's
 //!   [`LseState`]) are computed in parallel and merged in chunk order; the gradient chunks are
 //!   then written in parallel. The chunks depend on the shape only, so the bits do not depend
@@ -33,9 +34,10 @@ pub use loss_cpu::kernel::LseState;
 pub use split::RowPartial;
 
 /// Problems with fewer logits than this run on the calling thread. Measured on the 2-core
-/// reference machine with `loss-bench run --backend cpu --backend rayon` (see the README): below
-/// about 32K logits the cost of waking the pool (a few µs) exceeds the work saved.
-pub const SEQUENTIAL_BELOW: usize = 32 * 1024;
+/// reference machine with `cargo run --release -p loss-rayon --example crossover` (fused, weighted
+/// mean, parallel path forced): 2 threads took 0.28× loss-cpu's speed at 4K logits, 0.73× at
+/// 32K, 0.80× at 64K, 1.11× at 128K and 1.13× at 256K, so the parallel path starts at 128K.
+pub const SEQUENTIAL_BELOW: usize = 128 * 1024;
 
 /// Logits per rayon task at least (groups of units), so small-row problems do not drown in
 /// task overhead.
@@ -52,6 +54,7 @@ pub struct RayonBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     sequential_below: usize,
+    split_gradients: bool,
 }
 
 impl std::fmt::Debug for RayonBackend {
@@ -84,6 +87,7 @@ impl RayonBackend {
             pool,
             threads,
             sequential_below: SEQUENTIAL_BELOW,
+            split_gradients: false,
         })
     }
 
@@ -91,6 +95,20 @@ impl RayonBackend {
     /// (the determinism tests use it). Does not change any result bit.
     pub fn with_sequential_below(mut self, logits: usize) -> Self {
         self.sequential_below = logits;
+        self
+    }
+
+    /// Also split rows across threads when a gradient is asked for (off by default).
+    ///
+    /// Measured on the 2-core reference machine (`loss-bench run --cells 1x128256,8x128256
+    /// --backend cpu --backend rayon --threads 1,2`): loss-cpu's fused pass over one 128K-class
+    /// row already runs at 92% of the copy bandwidth, which two threads raise by only 1.25×
+    /// (18.6 → 23.2 GB/s), while the split gradient pays a second `exp` pass; split fused ran at
+    /// 0.74× loss-cpu for N = 1 and 1.06× for N = 8, against 1.0× and 1.3× for rows handed out
+    /// whole. Forward, compute-bound, keeps splitting. Machines with more bandwidth per core are
+    /// where this pays; the bits do not depend on the thread count either way.
+    pub fn with_split_gradients(mut self, split: bool) -> Self {
+        self.split_gradients = split;
         self
     }
 
@@ -191,7 +209,9 @@ impl RayonBackend {
         grad: Option<(&[f32], &mut [f32])>,
     ) -> Result<()> {
         let parallel = self.parallel(problem);
-        if split::splits_rows(problem) {
+        // The split path's bits depend only on the shape and on `split_gradients`, never on the
+        // thread count.
+        if split::splits_rows(problem) && (grad.is_none() || self.split_gradients) {
             self.in_pool(parallel, || split::run(problem, parallel, loss, grad));
             return Ok(());
         }
