@@ -2,35 +2,15 @@
 //! the cost of cross-checking is known).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
-use loss_core::{LossBackend, LossOptions, Problem, ReferenceBackend, Target};
-
-fn inputs(n: usize, c: usize) -> (Vec<f32>, Vec<i64>, Vec<f32>) {
-    let logits = (0..n * c)
-        .map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0)
-        .collect();
-    let targets = (0..n).map(|i| ((i * 31) % c) as i64).collect();
-    let weight = (0..c).map(|i| 0.5 + (i % 3) as f32 * 0.5).collect();
-    (logits, targets, weight)
-}
+use loss_core::{LossBackend, ReferenceBackend};
 
 fn bench(c: &mut Criterion) {
     for (op, fused) in [("forward", false), ("forward_backward", true)] {
         let mut group = c.benchmark_group(format!("reference/{op}"));
         group.sample_size(10);
         for (n, k) in [(64usize, 10usize), (64, 1000), (4, 32000)] {
-            let (logits, targets, weight) = inputs(n, k);
-            let shape = [n, k];
-            let tshape = [n];
-            let problem = Problem::new(
-                &logits,
-                &shape,
-                Target::Indices {
-                    data: &targets,
-                    shape: &tshape,
-                },
-                LossOptions::new().weight(&weight),
-            )
-            .expect("valid");
+            let data = loss_core::testkit::weighted_batch(n, k, 7);
+            let problem = data.problem().expect("valid");
             let mut loss = vec![0.0f32; 1];
             let mut grad = vec![0.0f32; n * k];
             group.throughput(Throughput::Elements((n * k) as u64));

@@ -540,3 +540,32 @@ macro_rules! backend_property_tests {
         }
     };
 }
+
+/// A reproducible `(batch, classes)` problem for benchmarks and measurements: logits uniform in
+/// `[-6, 6)`, index targets uniform over the classes, weights in `[0.5, 1.5)`, weighted mean.
+pub fn weighted_batch(batch: usize, classes: usize, seed: u64) -> ProblemData {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut unit = move || (next() >> 40) as f32 / (1u64 << 24) as f32;
+    let logits = (0..batch * classes).map(|_| unit() * 12.0 - 6.0).collect();
+    let targets = (0..batch)
+        .map(|_| ((unit() * classes as f32) as i64).min(classes as i64 - 1))
+        .collect();
+    let weight = (0..classes).map(|_| 0.5 + unit()).collect();
+    ProblemData {
+        logits,
+        shape: vec![batch, classes],
+        target: OwnedTarget::Indices(targets),
+        target_shape: vec![batch],
+        weight: Some(weight),
+        ignore_index: crate::DEFAULT_IGNORE_INDEX,
+        reduction: Reduction::Mean,
+        label_smoothing: 0.0,
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use loss_core::{LossBackend, LossOptions, Problem, Target};
+use loss_core::LossBackend;
 use loss_cpu::CpuBackend;
 use loss_rayon::RayonBackend;
 
@@ -42,23 +42,8 @@ fn main() {
         (256, 1000),
         (1024, 1000),
     ] {
-        let logits: Vec<f32> = (0..n * c)
-            .map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0)
-            .collect();
-        let targets: Vec<i64> = (0..n).map(|i| ((i * 31) % c) as i64).collect();
-        let weight: Vec<f32> = (0..c).map(|i| 0.5 + (i % 3) as f32 * 0.5).collect();
-        let shape = [n, c];
-        let tshape = [n];
-        let p = Problem::new(
-            &logits,
-            &shape,
-            Target::Indices {
-                data: &targets,
-                shape: &tshape,
-            },
-            LossOptions::new().weight(&weight),
-        )
-        .expect("valid");
+        let data = loss_core::testkit::weighted_batch(n, c, 7);
+        let p = data.problem().expect("valid");
         let mut loss = [0.0f32];
         let mut grad = vec![0.0f32; n * c];
         let a = median_ns(|| {

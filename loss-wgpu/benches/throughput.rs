@@ -4,19 +4,11 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
-use loss_core::{LossBackend, LossOptions, Problem, Target};
+use loss_core::LossBackend;
 use loss_wgpu::WgpuBackend;
 
 /// A few small shapes (N, C): CI runs each once (`cargo test --benches`).
 const SHAPES: [(usize, usize); 3] = [(256, 10), (64, 1000), (8, 32_768)];
-
-fn inputs(n: usize, c: usize) -> (Vec<f32>, Vec<i64>) {
-    let logits = (0..n * c)
-        .map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0)
-        .collect();
-    let target = (0..n).map(|i| ((i * 31) % c) as i64).collect();
-    (logits, target)
-}
 
 fn throughput(criterion: &mut Criterion) {
     let backend = match WgpuBackend::new() {
@@ -34,18 +26,8 @@ fn throughput(criterion: &mut Criterion) {
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2));
         for (n, c) in SHAPES {
-            let (logits, target) = inputs(n, c);
-            let target_shape = [n];
-            let problem = Problem::new(
-                &logits,
-                &[n, c],
-                Target::Indices {
-                    data: &target,
-                    shape: &target_shape,
-                },
-                LossOptions::new(),
-            )
-            .expect("valid problem");
+            let data = loss_core::testkit::weighted_batch(n, c, 7);
+            let problem = data.problem().expect("valid problem");
             group.throughput(Throughput::Elements((n * c) as u64));
             group.bench_function(BenchmarkId::from_parameter(format!("{n}x{c}")), |b| {
                 // Each call reads its results back, so the device is synchronised when the
