@@ -156,12 +156,12 @@ fn verify(args: VerifyArgs) -> ExitCode {
             Ok(file) => {
                 let outcome = verify::verify_file(&file, &backends);
                 print!("{}", verify::render(&outcome));
-                ok &= outcome.passed();
+                ok &= outcome.passed(!args.backend.is_empty());
             }
         }
     }
     if ok {
-        println!("verify: every case passed on every backend");
+        println!("verify: every case passed on every backend that ran");
         ExitCode::SUCCESS
     } else {
         println!("verify: FAILED");

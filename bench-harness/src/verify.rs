@@ -27,11 +27,15 @@ pub struct FileOutcome {
 }
 
 impl FileOutcome {
-    /// Whether every backend that ran passed every case, and every backend could be built.
-    pub fn passed(&self) -> bool {
+    /// Whether every backend that ran passed every case. A backend that could not be built fails
+    /// the file when it was asked for by name (`required`); otherwise only an *unavailable* one
+    /// (no GPU adapter on this machine) is excused — it is still listed as not run.
+    pub fn passed(&self, required: bool) -> bool {
         self.backends.iter().all(|(_, o)| match o {
             BackendOutcome::Ran(r) => r.passed(),
-            BackendOutcome::Missing(_) => false,
+            BackendOutcome::Missing(e) => {
+                !required && e.kind() == loss_core::ErrorKind::Unavailable
+            }
         })
     }
 }
