@@ -126,6 +126,20 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
+/// A configuration whose first call already took longer than the budget allows is skipped
+/// before any warm-up (on a software GPU one call over a 1 GiB cell takes tens of seconds).
+fn over_budget(first: Duration, budget: TimingBudget) -> Result<(), String> {
+    if first > budget.max_call {
+        Err(format!(
+            "one call took {:.2} s, over the per-call budget of {:.0} s",
+            first.as_secs_f64(),
+            budget.max_call.as_secs_f64()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Times `call` (whose argument is the repetition number, for rotating inputs): two warm-up
 /// calls, then samples of enough calls each to last ≥ 20 µs, so that the clock's resolution and
 /// overhead do not count for tiny problems.
@@ -467,12 +481,14 @@ pub fn measure(
     let mut grad = vec![0.0f32; w.logits.len()];
     let up = &cell.upstream;
     let tol: Tolerance = backend.tolerance(loss_core::conformance::DEFAULT_TOLERANCE);
+    let first = Instant::now();
     match op {
         Op::Forward => backend.forward_into(&p0, &mut loss),
         Op::Backward => backend.backward_into(&p0, up, &mut grad),
         Op::ForwardBackward => backend.forward_backward_into(&p0, up, &mut loss, &mut grad),
     }
     .map_err(|e| e.to_string())?;
+    over_budget(first.elapsed(), budget)?;
     let checked = agreement(cell, op, &loss, &grad, tol);
     let problems: Vec<_> = (0..=cell.copies.len())
         .map(|k| w.problem_on(cell.logits(k)))
@@ -512,6 +528,7 @@ pub fn measure_resident(
 ) -> Result<CellResult, String> {
     let w = &cell.workload;
     let p0 = w.problem();
+    let first = Instant::now();
     let mut resident = device.upload(&p0).map_err(|e| e.to_string())?;
     let mut loss = vec![0.0f32; p0.loss_len()];
     let mut grad = vec![0.0f32; w.logits.len()];
@@ -529,6 +546,7 @@ pub fn measure_resident(
         }
     })
     .map_err(|e| e.to_string())?;
+    over_budget(first.elapsed(), budget)?;
     let checked = agreement(
         cell,
         op,
