@@ -144,3 +144,48 @@ fn f64_entry_points_agree_with_f32_outputs() {
     let l64 = reference::forward_f64(&p, &x64)[0];
     assert_eq!(ReferenceBackend.forward(&p).unwrap()[0], l64 as f32);
 }
+
+mod ndarray_entry_point {
+    use loss_core::testkit::{malformed_problems, proptest::prelude::*};
+    use loss_core::{NdTarget, OwnedTarget, Problem};
+    use ndarray::{ArrayViewD, IxDyn};
+
+    proptest! {
+        /// `Problem::from_ndarray` judges malformed input like `Problem::new` (whenever the
+        /// malformed data can be an ndarray at all: ndarray itself refuses a data length that
+        /// does not fit its shape), and never panics.
+        #[test]
+        fn from_ndarray_gives_the_same_error_kind((data, kind) in malformed_problems()) {
+            // ndarray accepts a slice longer than its shape needs; such data cannot be given
+            // to from_ndarray malformed, so only exact fits are tried.
+            let fits = |shape: &[usize], len: usize| shape.iter().product::<usize>() == len;
+            let target_len = match &data.target {
+                OwnedTarget::Indices(t) => t.len(),
+                OwnedTarget::Probs(t) => t.len(),
+            };
+            if !fits(&data.shape, data.logits.len()) || !fits(&data.target_shape, target_len) {
+                return Ok(());
+            }
+            let Ok(logits) = ArrayViewD::from_shape(IxDyn(&data.shape), &data.logits) else {
+                return Ok(());
+            };
+            let target = match &data.target {
+                OwnedTarget::Indices(t) => ArrayViewD::from_shape(IxDyn(&data.target_shape), t)
+                    .map(NdTarget::Indices),
+                OwnedTarget::Probs(t) => ArrayViewD::from_shape(IxDyn(&data.target_shape), t)
+                    .map(NdTarget::Probs),
+            };
+            let Ok(target) = target else { return Ok(()) };
+            let result = std::panic::catch_unwind(|| {
+                Problem::from_ndarray(logits.clone(), &target, data.options()).map(|_| ())
+            });
+            let Ok(result) = result else {
+                return Err(TestCaseError::fail("from_ndarray panicked"));
+            };
+            match result {
+                Ok(()) => prop_assert!(false, "accepted malformed input; expected {}", kind),
+                Err(e) => prop_assert_eq!(e.kind(), kind, "{}", e),
+            }
+        }
+    }
+}
