@@ -615,24 +615,22 @@ pub fn run(opts: &RunOptions) -> RunReport {
         opts.cells.clone()
     };
     let mut cells = Vec::new();
-    {
-        for (batch, classes) in grid {
-            let bytes = batch.saturating_mul(classes).saturating_mul(4);
-            if bytes > opts.max_bytes {
-                skipped.push(skip(
-                    "",
-                    batch,
-                    classes,
-                    format!(
-                        "{bytes} bytes of logits exceed the cap of {} (--max-bytes)",
-                        opts.max_bytes
-                    ),
-                ));
-            } else if batch == 0 || classes == 0 {
-                skipped.push(skip("", batch, classes, "empty cell".into()));
-            } else {
-                cells.push((batch, classes));
-            }
+    for (batch, classes) in grid {
+        let bytes = batch.saturating_mul(classes).saturating_mul(4);
+        if bytes > opts.max_bytes {
+            skipped.push(skip(
+                "",
+                batch,
+                classes,
+                format!(
+                    "{bytes} bytes of logits exceed the cap of {} (--max-mib)",
+                    opts.max_bytes
+                ),
+            ));
+        } else if batch == 0 || classes == 0 {
+            skipped.push(skip("", batch, classes, "empty cell".into()));
+        } else {
+            cells.push((batch, classes));
         }
     }
     let timed = instances.len() + instances.iter().filter(|i| i.device.is_some()).count();
