@@ -224,20 +224,9 @@ impl PythonPeers {
                 if let Some(g) = p.grad_sq {
                     pairs.push((g, r.grad_sq));
                 }
-                let floor = tol.atol / tol.rtol;
-                let lengths_match = p.loss.len() == r.loss.len();
-                let worst = pairs
-                    .iter()
-                    .map(|&(got, exp)| {
-                        if tol.excess(got, exp).is_infinite() {
-                            f64::INFINITY
-                        } else {
-                            (got - exp).abs() / (exp.abs() + floor)
-                        }
-                    })
-                    .fold(0.0, f64::max);
-                let ok = lengths_match && pairs.iter().all(|&(g, e)| tol.allows(g, e));
-                (worst.min(f64::MAX), ok, r.in_cache)
+                let (worst, agrees) = crate::workload::agreement(pairs, tol);
+                let ok = agrees && p.loss.len() == r.loss.len();
+                (worst, ok, r.in_cache)
             }
         };
         let elements = p.batch * p.classes;

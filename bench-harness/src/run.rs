@@ -409,10 +409,13 @@ impl Cell {
 
 /// Compares a backend's outputs for `op` with the cell's reference answer.
 fn agreement(cell: &Cell, op: Op, loss: &[f32], grad: &[f32], tol: Tolerance) -> (f64, bool) {
-    let loss_pairs = loss.iter().copied().zip(cell.answer.loss.iter().copied());
+    let loss_pairs = loss
+        .iter()
+        .map(|&l| f64::from(l))
+        .zip(cell.answer.loss.iter().copied());
     let grad_pairs = grad
         .iter()
-        .copied()
+        .map(|&g| f64::from(g))
         .zip(cell.answer.grad.iter().map(|&g| f64::from(g)));
     match op {
         Op::Forward => workload::agreement(loss_pairs, tol),

@@ -188,15 +188,11 @@ pub fn reference_answer(w: &Workload, upstream: &[f32], with_grad: bool) -> Refe
 
 /// The largest `|got − ref| / (|ref| + atol/rtol)` (`f64::MAX` for a non-finite mismatch), and
 /// whether every element is within `tol`.
-pub fn agreement<'a>(
-    pairs: impl IntoIterator<Item = (f32, f64)> + 'a,
-    tol: Tolerance,
-) -> (f64, bool) {
+pub fn agreement(pairs: impl IntoIterator<Item = (f64, f64)>, tol: Tolerance) -> (f64, bool) {
     let floor = tol.atol / tol.rtol;
     let mut worst = 0.0f64;
     let mut agrees = true;
     for (got, expected) in pairs {
-        let got = f64::from(got);
         agrees &= tol.allows(got, expected);
         let err = if tol.excess(got, expected).is_infinite() {
             f64::INFINITY
