@@ -25,8 +25,8 @@
 //! `C = 256K` stays accurate). The chunk is re-read from L1, so memory sees one read; the next
 //! chunk is prefetched meanwhile. The fused pass stores each `exp(x − max_k)` as it sums it and,
 //! once the row's LSE is known, turns it into the gradient with one multiply per logit (`exp` is
-//! evaluated once per logit), re-reading the row from cache. Gradients larger than the cache go
-//! through an L1 scratch and out with non-temporal stores.
+//! evaluated once per logit), re-reading the row from cache. (Non-temporal stores for gradients
+//! larger than the cache were tried and measured 1.3–2.9× slower: NOTES.md #20.)
 //!
 //! Short rows (`C ≤ 32`, index targets) and K-dimensional input (`inner > 1`) are vectorised
 //! *across positions*: one SIMD vector holds the same class of several positions (short rows are
@@ -43,7 +43,7 @@ use pulp::{Arch, Simd, WithSimd};
 mod simd;
 mod units;
 
-use simd::{NoTerm, STREAM_BYTES, grad_row, row_lse, streaming_stores};
+use simd::{NoTerm, grad_row, row_lse};
 use units::UnitOp;
 
 /// Positions per deterministic unit (see the [module docs](self)).
@@ -229,8 +229,6 @@ pub struct Plan<'a> {
     eps: f32,
     total_weight: f64,
     rows_per_unit: usize,
-    /// Write fused gradients of short rows with non-temporal stores (see `UnitOp::rows_with`).
-    stream: bool,
     arch: Arch,
 }
 
@@ -273,7 +271,6 @@ impl<'a> Plan<'a> {
             rows_per_unit: (BLOCK / layout.inner.max(1))
                 .min(UNIT_LOGITS / (layout.classes * layout.inner).max(1))
                 .max(1),
-            stream: streaming_stores() && layout.len() * 4 >= STREAM_BYTES,
             arch: Arch::new(),
         }
     }

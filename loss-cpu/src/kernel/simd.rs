@@ -1,5 +1,5 @@
 //! The SIMD building blocks of the kernels: loads and tails, the chunk passes of the online
-//! log-sum-exp, the gradient loops, and the memory helpers (prefetch, streaming stores).
+//! log-sum-exp, the gradient loops, and the memory helpers (prefetch).
 
 use pulp::Simd;
 
@@ -625,64 +625,5 @@ pub(super) fn grad_row<S: Simd, T: Term>(
                 simd.partial_store_f32s(gt, r);
             }
         }
-    }
-}
-
-/// Floats of the fused pass's L1 scratch (32 KiB on the stack; rows up to this long use it).
-pub(super) const SCRATCH: usize = 8192;
-/// Gradients at least this large bypass the cache (they would not stay in it anyway).
-pub(super) const STREAM_BYTES: usize = 16 << 20;
-
-/// Whether this machine has non-temporal 256-bit stores (AVX).
-pub(super) fn streaming_stores() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Copies `src` to `dst` with non-temporal stores where available (`dst` is not read back
-/// soon, and skipping the read-for-ownership saves a third of the traffic).
-pub(super) fn stream_copy(src: &[f32], dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if streaming_stores() {
-        // SAFETY: AVX is available (checked just above, cached by std).
-        unsafe { stream_copy_avx(src, dst) };
-        return;
-    }
-    dst.copy_from_slice(src);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-pub(super) fn stream_copy_avx(src: &[f32], dst: &mut [f32]) {
-    use core::arch::x86_64::{_mm256_loadu_ps, _mm256_stream_ps};
-    assert_eq!(src.len(), dst.len());
-    let n = dst.len();
-    let head = dst.as_ptr().align_offset(32).min(n);
-    dst[..head].copy_from_slice(&src[..head]);
-    let mut i = head;
-    while i + 8 <= n {
-        // SAFETY: `i + 8 ≤ n` keeps both 8-float accesses in bounds; `dst + i` is 32-byte
-        // aligned (`head` aligned it and `i` advances by 32 bytes), as `_mm256_stream_ps` needs.
-        unsafe {
-            let v = _mm256_loadu_ps(src.as_ptr().add(i));
-            _mm256_stream_ps(dst.as_mut_ptr().add(i), v);
-        }
-        i += 8;
-    }
-    dst[i..].copy_from_slice(&src[i..]);
-}
-
-/// Orders the non-temporal stores before anything that follows (they are weakly ordered).
-pub(super) fn stream_fence() {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `_mm_sfence` only needs SSE, baseline on x86-64.
-    unsafe {
-        core::arch::x86_64::_mm_sfence();
     }
 }

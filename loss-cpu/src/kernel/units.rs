@@ -76,12 +76,7 @@ impl UnitOp<'_, '_, '_> {
         if plan.layout.classes <= SMALL_C && matches!(plan.target, TargetData::Indices(_)) {
             return self.rows_as_lanes(simd);
         }
-        if plan.stream && self.dst.is_some() && plan.layout.classes <= SCRATCH {
-            let mut scratch = [0.0f32; SCRATCH];
-            self.rows_with(simd, Some(&mut scratch))
-        } else {
-            self.rows_with(simd, None)
-        }
+        self.rows_with(simd)
     }
 
     /// Short rows (`C ≤ SMALL_C`, index targets): `lanes` rows at a time, one row per lane.
@@ -230,12 +225,10 @@ impl UnitOp<'_, '_, '_> {
         total
     }
 
-    /// The contiguous rows. With `scratch`, the fused pass keeps the stored `exp` values and
-    /// the gradient in that L1-resident buffer and streams each finished gradient row to memory
-    /// (non-temporal stores: no read-for-ownership of the gradient's lines, which otherwise
-    /// makes a third of the traffic of a fused pass over data larger than the cache).
+    /// The contiguous rows. The fused pass stores `exp(x − max)` into the gradient buffer as it
+    /// sums, and turns it into the gradient in place once the row's LSE is known.
     #[inline(always)]
-    fn rows_with<S: Simd>(mut self, simd: S, mut scratch: Option<&mut [f32; SCRATCH]>) -> f64 {
+    fn rows_with<S: Simd>(mut self, simd: S) -> f64 {
         let plan = self.plan;
         let classes = plan.layout.classes;
         let first = plan.unit_positions(self.unit).start;
@@ -243,9 +236,8 @@ impl UnitOp<'_, '_, '_> {
         let smooth = plan.smoothing();
         let rows = plan.unit_positions(self.unit).len();
         // Rows go in groups: every row's first pass, then every row's `ln` and second pass, so
-        // that independent rows' latency chains may overlap (measured neutral, see NOTES.md; kept
-        // because the streamed scratch is laid out per group). The group's rows stay within
-        // 32 KiB, so the second pass reads them from L1/L2.
+        // that independent rows' latency chains may overlap (measured neutral, see NOTES.md #7).
+        // The group's rows stay within 32 KiB, so the second pass reads them from L1/L2.
         let group = (8192 / classes).clamp(1, GROUP);
         let slots = classes.div_ceil(CHUNK);
         let mut maxes = [0.0f32; MAX_CHUNKS];
@@ -287,19 +279,10 @@ impl UnitOp<'_, '_, '_> {
                     },
                 };
                 if row.fast {
-                    if let Some(scratch) = scratch.as_deref_mut() {
-                        let e = &mut scratch[(k - g0) * classes..(k - g0 + 1) * classes];
-                        let x: &[f32] =
-                            src.unwrap_or_else(|| &self.dst.as_deref().unwrap_or(&[])[span]);
-                        row.x_y = x[row.y];
-                        (row.state, row.e1, row.e2) =
-                            fused_row_first(simd, Some(x), e, &mut maxes[slot..], extras);
-                    } else {
-                        let g = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
-                        row.x_y = src.map_or(g[row.y], |x| x[row.y]);
-                        (row.state, row.e1, row.e2) =
-                            fused_row_first(simd, src, g, &mut maxes[slot..], extras);
-                    }
+                    let g = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
+                    row.x_y = src.map_or(g[row.y], |x| x[row.y]);
+                    (row.state, row.e1, row.e2) =
+                        fused_row_first(simd, src, g, &mut maxes[slot..], extras);
                 } else if self.dst.is_none() {
                     let x = src.unwrap_or(&[]);
                     row.x_y = x[row.y];
@@ -333,13 +316,7 @@ impl UnitOp<'_, '_, '_> {
                         match plan.target {
                             TargetData::Indices(_) => {
                                 if row.fast {
-                                    let dst = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
-                                    let g = match scratch.as_deref_mut() {
-                                        Some(b) => {
-                                            &mut b[(k - g0) * classes..(k - g0 + 1) * classes]
-                                        }
-                                        None => &mut *dst,
-                                    };
+                                    let g = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
                                     let (a, b, fix) = plan.index_coefficients(row.s, row.y);
                                     if plan.eps > 0.0 {
                                         let term = SmoothTerm { b, w: plan.weight };
@@ -364,12 +341,6 @@ impl UnitOp<'_, '_, '_> {
                                         );
                                     }
                                     g[row.y] -= fix;
-                                    if let Some(b) = scratch.as_deref() {
-                                        stream_copy(
-                                            &b[(k - g0) * classes..(k - g0 + 1) * classes],
-                                            dst,
-                                        );
-                                    }
                                 }
                                 plan.index_loss(r, row.x_y, row.y, row.e1)
                             }
@@ -377,13 +348,7 @@ impl UnitOp<'_, '_, '_> {
                                 if row.fast {
                                     let t = &targets
                                         [logits_start + span.start..logits_start + span.end];
-                                    let dst = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
-                                    let g = match scratch.as_deref_mut() {
-                                        Some(b) => {
-                                            &mut b[(k - g0) * classes..(k - g0 + 1) * classes]
-                                        }
-                                        None => &mut *dst,
-                                    };
+                                    let g = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
                                     let a = (f64::from(row.s) * row.e1) as f32;
                                     let term = ProbTerm {
                                         s: row.s,
@@ -400,12 +365,6 @@ impl UnitOp<'_, '_, '_> {
                                         a,
                                         &term,
                                     );
-                                    if let Some(b) = scratch.as_deref() {
-                                        stream_copy(
-                                            &b[(k - g0) * classes..(k - g0 + 1) * classes],
-                                            dst,
-                                        );
-                                    }
                                 }
                                 Plan::prob_loss(r, row.e1, row.e2)
                             }
@@ -418,9 +377,6 @@ impl UnitOp<'_, '_, '_> {
                 total += loss;
             }
             g0 = g1;
-        }
-        if scratch.is_some() {
-            stream_fence();
         }
         total
     }
