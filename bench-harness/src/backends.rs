@@ -1,6 +1,8 @@
 //! The registry of backends the harness knows, by name.
 
-use loss_core::{LossBackend, LossError, ReferenceBackend};
+use std::sync::Arc;
+
+use loss_core::{DeviceBackend, LossBackend, LossError, ReferenceBackend};
 
 /// How a backend is built: the thread count matters to parallel backends only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -15,13 +17,44 @@ pub struct BackendSpec {
     pub name: &'static str,
     /// Whether it takes a thread count.
     pub parallel: bool,
+    /// Whether it can keep problems on a device (then it is also timed resident).
+    pub device: bool,
     /// Whether `run` times it by default (the reference is the oracle, too slow to time).
     pub timed_by_default: bool,
     /// A peer from outside the workspace (candle): timed beside ours, but never verified by
     /// default nor recommended.
     pub peer: bool,
     /// Builds it.
-    pub build: fn(BackendConfig) -> Result<Box<dyn LossBackend>, LossError>,
+    pub build: fn(BackendConfig) -> Result<Built, LossError>,
+}
+
+/// A built backend: the [`LossBackend`], and the same object as a [`DeviceBackend`] when it can
+/// keep problems on a device (then the harness also times it resident).
+#[derive(Clone)]
+pub struct Built {
+    /// The backend.
+    pub backend: Arc<dyn LossBackend>,
+    /// The same backend as a device, when it is one.
+    pub device: Option<Arc<dyn DeviceBackend>>,
+}
+
+impl Built {
+    /// A backend that runs on the host.
+    pub fn host(backend: impl LossBackend + 'static) -> Self {
+        Built {
+            backend: Arc::new(backend),
+            device: None,
+        }
+    }
+
+    /// A backend that can also keep problems on a device.
+    pub fn device(backend: impl DeviceBackend + 'static) -> Self {
+        let device: Arc<dyn DeviceBackend> = Arc::new(backend);
+        Built {
+            backend: device.clone(),
+            device: Some(device),
+        }
+    }
 }
 
 /// Every backend, in report order.
@@ -29,24 +62,27 @@ pub fn registry() -> Vec<BackendSpec> {
     let mut specs = vec![BackendSpec {
         name: "reference",
         parallel: false,
+        device: false,
         timed_by_default: false,
         peer: false,
-        build: |_| Ok(Box::new(ReferenceBackend::new())),
+        build: |_| Ok(Built::host(ReferenceBackend::new())),
     }];
     specs.push(BackendSpec {
         name: "cpu",
         parallel: false,
+        device: false,
         timed_by_default: true,
         peer: false,
-        build: |_| Ok(Box::new(loss_cpu::CpuBackend::new())),
+        build: |_| Ok(Built::host(loss_cpu::CpuBackend::new())),
     });
     specs.push(BackendSpec {
         name: "rayon",
         parallel: true,
+        device: false,
         timed_by_default: true,
         peer: false,
         build: |c| {
-            Ok(Box::new(loss_rayon::RayonBackend::new(
+            Ok(Built::host(loss_rayon::RayonBackend::new(
                 c.threads.unwrap_or(0),
             )?))
         },
@@ -54,17 +90,19 @@ pub fn registry() -> Vec<BackendSpec> {
     specs.push(BackendSpec {
         name: "wgpu",
         parallel: false,
+        device: true,
         timed_by_default: true,
         peer: false,
-        build: |_| Ok(Box::new(loss_wgpu::WgpuBackend::new()?)),
+        build: |_| Ok(Built::device(loss_wgpu::WgpuBackend::new()?)),
     });
     #[cfg(feature = "peers")]
     specs.push(BackendSpec {
         name: "candle",
         parallel: false,
+        device: false,
         timed_by_default: true,
         peer: true,
-        build: |_| Ok(Box::new(crate::candle_peer::CandleBackend::new())),
+        build: |_| Ok(Built::host(crate::candle_peer::CandleBackend::new())),
     });
     specs
 }
@@ -93,7 +131,7 @@ pub fn spec(name: &str) -> Result<BackendSpec, LossError> {
 /// An unknown name is an [`LossError::Unsupported`]; a backend that cannot run on this machine
 /// (no GPU adapter, say) is an [`LossError::Unavailable`].
 pub fn make_backend(name: &str, config: BackendConfig) -> Result<Box<dyn LossBackend>, LossError> {
-    (spec(name)?.build)(config)
+    Ok(Box::new((spec(name)?.build)(config)?.backend))
 }
 
 /// A backend by name, or why it could not be built.

@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bench_harness::ab::{self, AbOptions};
 use bench_harness::backends::{self, BackendConfig};
 use bench_harness::format::{self, Format};
 use bench_harness::profile::Profile;
 use bench_harness::run::{self, RunOptions};
 use bench_harness::schema::{Op, RunReport};
-use bench_harness::{compare, plot, verify};
+use bench_harness::{compare, counts, plot, verify, worker};
 use clap::{Args, Parser, Subcommand};
 use loss_core::Reduction;
 use loss_core::conformance::{self, VectorFile};
@@ -37,10 +38,23 @@ enum Command {
     Run(RunArgs),
     /// Draw a result file: throughput against classes, with the bandwidth ceilings.
     Plot(PlotArgs),
-    /// Compare two result files; exit 1 on a regression beyond threshold and noise.
+    /// Compare two result files (timings or counts); exit 1 on a regression.
     Compare(CompareArgs),
     /// The fastest agreeing backend per region of shapes, as a profile code can load.
     Recommend(RecommendArgs),
+    /// Time this build against another loss-bench in one run, interleaved sample by sample.
+    Ab(AbArgs),
+    /// Serve `ab` requests on standard input (one side of an A/B run).
+    #[command(hide = true)]
+    Worker,
+    /// Count a plan under Valgrind (the child of `run --counts`).
+    #[command(hide = true)]
+    CountsChild {
+        /// The plan.
+        plan: PathBuf,
+        /// Where to write the checks.
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -70,7 +84,7 @@ struct RunArgs {
     /// Backends to time (repeatable; default: every backend but the reference).
     #[arg(long = "backend")]
     backend: Vec<String>,
-    /// forward, backward, forward-backward or all.
+    /// Operations, comma-separated: forward, backward, forward_backward, or all.
     #[arg(long, default_value = "all")]
     op: String,
     /// Thread counts for parallel backends, comma-separated (default: all cores).
@@ -103,6 +117,31 @@ struct RunArgs {
     /// Write the output here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write results.json, results.md and results.svg into this folder.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Count instructions and simulated cache misses under Valgrind instead of timing.
+    #[arg(long)]
+    counts: bool,
+    /// Calls counted per configuration with --counts.
+    #[arg(long, default_value_t = counts::DEFAULT_CALLS)]
+    count_calls: usize,
+}
+
+#[derive(Args)]
+struct AbArgs {
+    /// The other build's loss-bench binary.
+    #[arg(long)]
+    against: PathBuf,
+    /// Exit 1 when a configuration is slower than this with confidence (`5%`).
+    #[arg(long)]
+    fail_above: Option<String>,
+    /// Differences inside this band are `same`.
+    #[arg(long, default_value = "3%")]
+    min_effect: String,
+    /// The grid, backends and output, as for `run`.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -123,9 +162,9 @@ struct CompareArgs {
     baseline: PathBuf,
     /// The current result file.
     current: PathBuf,
-    /// Largest tolerated drop in bandwidth-normalised throughput (`10%`, `0.1`).
-    #[arg(long, default_value = "10%")]
-    max_regression: String,
+    /// Largest tolerated regression (`10%`, `0.1`); default 10% for timings, 2% for counts.
+    #[arg(long)]
+    max_regression: Option<String>,
 }
 
 #[derive(Args)]
@@ -203,11 +242,7 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
         })
         .collect::<Result<_, String>>()?;
     opts.backends = args.backend.clone();
-    opts.ops = if args.op == "all" {
-        Op::ALL.to_vec()
-    } else {
-        vec![Op::parse(&args.op).ok_or_else(|| format!("unknown --op {:?}", args.op))?]
-    };
+    opts.ops = Op::parse_list(&args.op).map_err(|e| format!("--op: {e}"))?;
     opts.weighted = !args.unweighted;
     opts.reduction = Reduction::parse(&args.reduction).map_err(|e| e.to_string())?;
     if let Some(mib) = args.max_mib {
@@ -218,6 +253,7 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
         opts.peer_max_elements = n;
     }
     opts.seed = args.seed;
+    opts.worker = Some(std::env::current_exe().map_err(|e| e.to_string())?);
     Ok(opts)
 }
 
@@ -232,8 +268,13 @@ fn write_out(text: &str, out: Option<&PathBuf>) -> Result<(), String> {
 }
 
 fn run_cmd(args: RunArgs) -> Result<ExitCode, String> {
-    let opts = run_options(&args)?;
-    let report = run::run(&opts);
+    let mut opts = run_options(&args)?;
+    let report = if args.counts {
+        opts.threads = vec![1];
+        counts::run(&opts, args.count_calls)?
+    } else {
+        run::run(&opts)
+    };
     write_out(&format::render(&report, args.format), args.out.as_ref())?;
     if let Some(out) = &args.out {
         eprintln!("wrote {}", out.display());
@@ -241,43 +282,117 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode, String> {
             eprint!("{}", format::table(&report));
         }
     }
+    if let Some(dir) = &args.out_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for (name, f) in [
+            ("results.json", Format::Json),
+            ("results.md", Format::Markdown),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, format::render(&report, f))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        if !report.is_counts() && !report.results.is_empty() {
+            plot::plot(&report, None, &dir.join("results.svg"))?;
+        }
+        eprintln!("wrote {}/results.{{json,md,svg}}", dir.display());
+    }
     let disagreeing: Vec<_> = report.results.iter().filter(|r| !r.agrees).collect();
     if disagreeing.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
         for r in &disagreeing {
             eprintln!(
-                "DISAGREES with the reference: {} {} {}x{} (max rel err {:.2e})",
+                "DISAGREES with the reference: {} {} {}x{} (max rel err {:.2e}){}",
                 r.label(),
                 r.op,
                 r.batch,
                 r.classes,
-                r.max_rel_error
+                r.max_rel_error,
+                r.note.as_ref().map_or(String::new(), |n| format!(": {n}"))
             );
         }
         Ok(ExitCode::FAILURE)
     }
 }
 
+fn ab_cmd(args: AbArgs) -> Result<ExitCode, String> {
+    if args.run.counts {
+        return Err("ab times; for counts, run --counts with each build and compare".into());
+    }
+    let opts = AbOptions {
+        run: run_options(&args.run)?,
+        against: args.against,
+        current: std::env::current_exe().map_err(|e| e.to_string())?,
+        min_effect: compare::parse_threshold(&args.min_effect)?,
+        fail_above: args
+            .fail_above
+            .as_deref()
+            .map(compare::parse_threshold)
+            .transpose()?,
+    };
+    let report = ab::ab(&opts)?;
+    write_out(&ab::render(&report, args.run.format), args.run.out.as_ref())?;
+    if let Some(out) = &args.run.out {
+        eprintln!("wrote {}", out.display());
+        if args.run.format != Format::Table {
+            eprint!("{}", ab::render(&report, Format::Table));
+        }
+    }
+    if report.failed() {
+        for r in report
+            .results
+            .iter()
+            .filter(|r| r.fails || r.verdict == ab::Verdict::Disagrees)
+        {
+            eprintln!(
+                "ab: {} {}",
+                r.describe(),
+                if r.fails {
+                    "is slower beyond --fail-above"
+                } else {
+                    "DISAGREES with its reference"
+                }
+            );
+        }
+        Ok(ExitCode::FAILURE)
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// A timings file, or why it is not one.
+fn load_timings(path: &std::path::Path) -> Result<RunReport, String> {
+    let report = RunReport::load(path)?;
+    if report.is_counts() {
+        return Err(format!(
+            "{}: a counts file (run --counts) has no timings",
+            path.display()
+        ));
+    }
+    Ok(report)
+}
+
 fn plot_cmd(args: PlotArgs) -> Result<ExitCode, String> {
-    let report = RunReport::load(&args.results)?;
+    let report = load_timings(&args.results)?;
     plot::plot(&report, args.batch, &args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }
 
 fn compare_cmd(args: CompareArgs) -> Result<ExitCode, String> {
-    let threshold = compare::parse_threshold(&args.max_regression)?;
+    let threshold = args
+        .max_regression
+        .as_deref()
+        .map(compare::parse_threshold)
+        .transpose()?;
     let base = RunReport::load(&args.baseline)?;
     let cur = RunReport::load(&args.current)?;
-    let c = compare::compare(&base, &cur, threshold);
+    let c = compare::compare(&base, &cur, threshold)?;
     print!("{}", compare::render(&c));
     let regressed: Vec<_> = c.regressions().map(|x| x.cell.clone()).collect();
     if regressed.is_empty() {
-        println!(
-            "compare: no regression beyond {} and the measured noise",
-            args.max_regression
-        );
+        println!("compare: no regression beyond {:.1}%", c.threshold * 100.0);
         Ok(ExitCode::SUCCESS)
     } else {
         println!(
@@ -290,7 +405,7 @@ fn compare_cmd(args: CompareArgs) -> Result<ExitCode, String> {
 }
 
 fn recommend_cmd(args: RecommendArgs) -> Result<ExitCode, String> {
-    let report = RunReport::load(&args.results)?;
+    let report = load_timings(&args.results)?;
     let profile = Profile::from_report(&report);
     print!("{}", profile.render());
     if let Some(out) = &args.out {
@@ -308,6 +423,14 @@ fn main() -> ExitCode {
         Some(Command::Plot(args)) => plot_cmd(args),
         Some(Command::Compare(args)) => compare_cmd(args),
         Some(Command::Recommend(args)) => recommend_cmd(args),
+        Some(Command::Ab(args)) => ab_cmd(args),
+        Some(Command::Worker) => {
+            let stdin = std::io::stdin();
+            worker::serve(stdin.lock(), std::io::stdout().lock()).map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::CountsChild { plan, out }) => {
+            counts::child_main(&plan, &out).map(|()| ExitCode::SUCCESS)
+        }
         None => run_cmd(cli.run),
     };
     result.unwrap_or_else(|e| {

@@ -13,8 +13,10 @@ use loss_core::conformance::DEFAULT_TOLERANCE;
 use serde::Deserialize;
 
 use crate::bandwidth::Bandwidth;
-use crate::run::{Cell, RunOptions, TimingBudget, divisor};
+use crate::cells::Cell;
+use crate::run::{RunOptions, divisor};
 use crate::schema::{CellResult, Op, Skipped};
+use crate::timing::TimingBudget;
 
 /// The script, located next to this crate's sources.
 pub fn script_path() -> PathBuf {
@@ -118,11 +120,15 @@ impl PythonPeers {
             "reduction": w.reduction.as_str(),
             "ops": [],
         }));
+        let answer = cell
+            .answer
+            .as_ref()
+            .ok_or("the cell has no reference answer to check the peers with")?;
         self.cells.push(PeerCellRef {
             batch,
             classes,
-            loss: cell.answer.loss.clone(),
-            grad_sq: cell.answer.grad.iter().map(|&g| f64::from(g).powi(2)).sum(),
+            loss: answer.loss.clone(),
+            grad_sq: answer.grad.iter().map(|&g| f64::from(g).powi(2)).sum(),
             in_cache: cell.in_cache,
         });
         Ok(())
@@ -250,8 +256,12 @@ impl PythonPeers {
             bandwidth_gbps: bw,
             bandwidth_fraction: bps / (bw * 1e9),
             in_cache,
+            over_ceiling: !in_cache && bps > bw * 1e9,
             max_rel_error,
             agrees,
+            rounds: Vec::new(),
+            calibrated: None,
+            counts: None,
             note: Some(format!(
                 "{} (gradient checked by its sum of squares)",
                 p.note
@@ -261,12 +271,7 @@ impl PythonPeers {
 }
 
 fn skip(backend: &str, reason: String) -> Skipped {
-    Skipped {
-        backend: backend.to_string(),
-        batch: 0,
-        classes: 0,
-        reason,
-    }
+    Skipped::backend(backend, reason)
 }
 
 fn bytemuck_f32(v: &[f32]) -> &[u8] {

@@ -1,20 +1,31 @@
 //! `loss-bench run`: the cross-checked throughput grid.
+//!
+//! Every configuration (cell × backend instance × variant × op) is timed in
+//! [`TimingBudget::rounds`] rounds, one pass over the whole grid per round, each round in a fresh
+//! [`worker`] process ([`RunOptions::worker`]), so that the rounds of one configuration are
+//! minutes apart in a long run and see the machine's drift, and see whatever holds for a whole
+//! process (where its buffers land, how its threads are placed) vary as it varies between runs.
+//! Round 0
+//! computes each cell's reference answer and checks every configuration's outputs against it;
+//! later rounds regenerate the same inputs and require the same output bits (a configuration
+//! that does not reproduce them is reported as disagreeing). Each subject sample is interleaved
+//! with a sample of the [`Calibration`] kernel over the same data.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use loss_core::conformance::Tolerance;
-use std::sync::Arc;
+use loss_core::Reduction;
 
-use loss_core::{LossBackend, LossError, Problem, Reduction};
-use loss_wgpu::WgpuBackend;
-
-use crate::backends::{self, BackendConfig};
 use crate::bandwidth::{self, Bandwidth};
-use crate::schema::{self, CellResult, Device, Machine, Op, RunConfig, RunReport, Skipped};
-use crate::workload::{self, ReferenceAnswer, Workload};
+use crate::cells::{Cell, CellSpec, Check};
+use crate::instances::{self, Instance, Variant};
+use crate::schema::{
+    self, CellResult, Device, Machine, Op, RoundResult, RunConfig, RunReport, Skipped,
+};
+use crate::subject;
+use crate::timing::{self, Calibration, Round, Summary, TimingBudget};
+use crate::worker;
 
 /// Everything `run` needs to know.
 #[derive(Debug, Clone)]
@@ -45,10 +56,14 @@ pub struct RunOptions {
     pub python_peers: bool,
     /// Peers are run on cells up to this many logits.
     pub peer_max_elements: usize,
+    /// The `loss-bench` binary whose `worker` runs each round in a fresh process (`loss-bench
+    /// run` uses itself), so that what holds for a whole process (where its buffers and threads
+    /// land) varies between rounds as it does between runs; `None`: every round in this process.
+    pub worker: Option<std::path::PathBuf>,
 }
 
-/// The default grid of the issue: batch {1, 32, 256, 2048, 16384} × classes {10, 100, 1000,
-/// 32000, 128256}, every op, weighted mean, cells up to 1 GiB of logits.
+/// The default grid: batch {1, 32, 256, 2048, 16384} × classes {10, 100, 1000, 32000, 128256},
+/// every op, weighted mean, cells up to 1 GiB of logits.
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
@@ -65,6 +80,70 @@ impl Default for RunOptions {
             seed: 0x5eed,
             python_peers: true,
             peer_max_elements: 64 << 20,
+            worker: None,
+        }
+    }
+}
+
+impl RunOptions {
+    /// The cell spec of `(batch, classes)` under these options.
+    pub fn spec(&self, batch: usize, classes: usize) -> CellSpec {
+        CellSpec {
+            batch,
+            classes,
+            weighted: self.weighted,
+            reduction: self.reduction,
+            seed: self.seed,
+        }
+    }
+
+    /// The cells of the run (the explicit cells, or the grid), without the ones over the size
+    /// cap or empty, which are listed in `skipped`.
+    pub fn grid(&self, skipped: &mut Vec<Skipped>) -> Vec<CellSpec> {
+        let grid: Vec<(usize, usize)> = if self.cells.is_empty() {
+            self.batch
+                .iter()
+                .flat_map(|&b| self.classes.iter().map(move |&c| (b, c)))
+                .collect()
+        } else {
+            self.cells.clone()
+        };
+        let mut out = Vec::new();
+        for (batch, classes) in grid {
+            let bytes = batch.saturating_mul(classes).saturating_mul(4);
+            if bytes > self.max_bytes {
+                skipped.push(Skipped::cell(
+                    batch,
+                    classes,
+                    format!(
+                        "{bytes} bytes of logits exceed the cap of {} (--max-mib)",
+                        self.max_bytes
+                    ),
+                ));
+            } else if batch == 0 || classes == 0 {
+                skipped.push(Skipped::cell(batch, classes, "empty cell".into()));
+            } else {
+                out.push(self.spec(batch, classes));
+            }
+        }
+        out
+    }
+
+    /// The configuration block of a report.
+    pub fn config(&self) -> RunConfig {
+        RunConfig {
+            batch: self.batch.clone(),
+            classes: self.classes.clone(),
+            cells: self.cells.clone(),
+            ops: self.ops.clone(),
+            threads: self.threads.clone(),
+            weighted: self.weighted,
+            reduction: self.reduction.as_str().to_string(),
+            max_bytes: self.max_bytes,
+            quick: self.quick,
+            seed: self.seed,
+            rounds: TimingBudget::for_run(self.quick).rounds,
+            counts: None,
         }
     }
 }
@@ -74,238 +153,18 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Median, spread and count of timed calls.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    /// Median time of one call, ns.
-    pub median_ns: f64,
-    /// Fastest sample, ns per call.
-    pub min_ns: f64,
-    /// (p90 − p10) / median.
-    pub spread: f64,
-    /// Calls timed.
-    pub reps: usize,
-}
-
-/// How long to time.
-#[derive(Debug, Clone, Copy)]
-pub struct TimingBudget {
-    /// At least this many samples.
-    pub min_samples: usize,
-    /// At most this many samples.
-    pub max_samples: usize,
-    /// Stop once this much time has been spent (after `min_samples`).
-    pub target: Duration,
-    /// A configuration whose single call takes longer than this is skipped, not timed.
-    pub max_call: Duration,
-}
-
-impl TimingBudget {
-    /// The budget of a normal or a `--quick` run.
-    pub fn for_run(quick: bool) -> Self {
-        if quick {
-            TimingBudget {
-                min_samples: 3,
-                max_samples: 30,
-                target: Duration::from_millis(25),
-                max_call: Duration::from_secs(1),
-            }
-        } else {
-            TimingBudget {
-                min_samples: 7,
-                max_samples: 200,
-                target: Duration::from_millis(300),
-                max_call: Duration::from_secs(5),
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i]
-}
-
-/// A configuration whose first call already took longer than the budget allows is skipped
-/// before any warm-up (on a software GPU one call over a 1 GiB cell takes tens of seconds).
-fn over_budget(first: Duration, budget: TimingBudget) -> Result<(), String> {
-    if first > budget.max_call {
-        Err(format!(
-            "one call took {:.2} s, over the per-call budget of {:.0} s",
-            first.as_secs_f64(),
-            budget.max_call.as_secs_f64()
-        ))
+/// What the run measured about the machine, with the ceilings of both probes.
+pub fn machine(start: &[Bandwidth], end: &[Bandwidth], devices: Vec<Device>) -> Machine {
+    let ceilings = if end.is_empty() {
+        start.to_vec()
     } else {
-        Ok(())
-    }
-}
-
-/// Times `call` (whose argument is the repetition number, for rotating inputs): two warm-up
-/// calls, then samples of enough calls each to last ≥ 20 µs, so that the clock's resolution and
-/// overhead do not count for tiny problems.
-pub fn time_calls(
-    budget: TimingBudget,
-    mut call: impl FnMut(usize) -> Result<(), LossError>,
-) -> Result<Timing, String> {
-    call(0).map_err(|e| e.to_string())?;
-    let t = Instant::now();
-    call(1).map_err(|e| e.to_string())?;
-    let one = t.elapsed().as_secs_f64().max(1e-9);
-    if one > budget.max_call.as_secs_f64() {
-        return Err(format!(
-            "one call took {one:.2} s, over the per-call budget of {:.0} s",
-            budget.max_call.as_secs_f64()
-        ));
-    }
-    let per_sample = ((20e-6 / one).ceil() as usize).clamp(1, 100_000);
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    let mut rep = 2;
-    while samples.len() < budget.min_samples
-        || (samples.len() < budget.max_samples && start.elapsed() < budget.target)
-    {
-        let t = Instant::now();
-        for _ in 0..per_sample {
-            call(rep).map_err(|e| e.to_string())?;
-            rep += 1;
-        }
-        samples.push(t.elapsed().as_secs_f64() * 1e9 / per_sample as f64);
-    }
-    samples.sort_by(f64::total_cmp);
-    let median = percentile(&samples, 0.5);
-    Ok(Timing {
-        median_ns: median,
-        min_ns: samples[0],
-        spread: (percentile(&samples, 0.9) - percentile(&samples, 0.1)) / median,
-        reps: samples.len() * per_sample,
-    })
-}
-
-/// A built backend instance with the thread count it runs on.
-pub struct Instance {
-    /// The backend.
-    pub backend: Box<dyn LossBackend>,
-    /// Its thread count.
-    pub threads: usize,
-    /// The same backend as a device that can keep problems resident (wgpu), timed a second
-    /// time as the `resident` variant.
-    pub device: Option<Arc<WgpuBackend>>,
-}
-
-/// An `Arc`'d wgpu backend as a [`LossBackend`], so that the end-to-end and the resident timings
-/// share one device.
-struct SharedWgpu(Arc<WgpuBackend>);
-
-impl LossBackend for SharedWgpu {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<(), LossError> {
-        self.0.forward_into(problem, loss)
-    }
-    fn backward_into(
-        &self,
-        problem: &Problem<'_>,
-        g: &[f32],
-        grad: &mut [f32],
-    ) -> Result<(), LossError> {
-        self.0.backward_into(problem, g, grad)
-    }
-    fn forward_backward_into(
-        &self,
-        problem: &Problem<'_>,
-        g: &[f32],
-        loss: &mut [f32],
-        grad: &mut [f32],
-    ) -> Result<(), LossError> {
-        self.0.forward_backward_into(problem, g, loss, grad)
-    }
-    fn tolerance(&self, file: Tolerance) -> Tolerance {
-        self.0.tolerance(file)
-    }
-}
-
-/// Builds the backend instances for a run; failures become skip entries.
-pub fn instances(opts: &RunOptions, skipped: &mut Vec<Skipped>) -> Vec<Instance> {
-    let names: Vec<String> = if opts.backends.is_empty() {
-        backends::registry()
-            .iter()
-            .filter(|s| s.timed_by_default)
-            .map(|s| s.name.to_string())
-            .collect()
-    } else {
-        opts.backends.clone()
+        bandwidth::best_of_probes(start, end)
     };
-    let mut out = Vec::new();
-    for name in names {
-        let spec = match backends::spec(&name) {
-            Ok(s) => s,
-            Err(e) => {
-                skipped.push(skip(&name, 0, 0, e.to_string()));
-                continue;
-            }
-        };
-        if spec.name == loss_wgpu::NAME {
-            match WgpuBackend::new() {
-                Ok(b) if b.is_software() && opts.backends.is_empty() => skipped.push(skip(
-                    &name,
-                    0,
-                    0,
-                    format!(
-                        "not timed by default on a software adapter ({}): its speed says nothing \
-                         about a GPU; `--backend wgpu` times it anyway",
-                        b.describe()
-                    ),
-                )),
-                Ok(b) => {
-                    let device = Arc::new(b);
-                    out.push(Instance {
-                        backend: Box::new(SharedWgpu(Arc::clone(&device))),
-                        threads: 1,
-                        device: Some(device),
-                    });
-                }
-                Err(e) => skipped.push(skip(&name, 0, 0, e.to_string())),
-            }
-            continue;
-        }
-        let counts = if spec.parallel {
-            opts.threads.clone()
-        } else {
-            vec![1]
-        };
-        for threads in counts {
-            match (spec.build)(BackendConfig {
-                threads: Some(threads),
-            }) {
-                Ok(backend) => out.push(Instance {
-                    backend,
-                    threads,
-                    device: None,
-                }),
-                Err(e) => skipped.push(skip(&name, 0, 0, e.to_string())),
-            }
-        }
-    }
-    out
-}
-
-fn skip(backend: &str, batch: usize, classes: usize, reason: String) -> Skipped {
-    Skipped {
-        backend: backend.to_string(),
-        batch,
-        classes,
-        reason,
-    }
-}
-
-/// What the run measured about the machine.
-pub fn machine(bandwidth: &[Bandwidth]) -> Machine {
-    let single = bandwidth
+    let single = ceilings
         .iter()
         .find(|b| b.threads == 1)
-        .copied()
-        .unwrap_or(bandwidth[0]);
+        .or(ceilings.first())
+        .cloned();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -326,27 +185,17 @@ pub fn machine(bandwidth: &[Bandwidth]) -> Machine {
     Machine {
         cpu,
         cores: available_cores(),
-        read_bandwidth_gbps: single.read_gbps,
-        copy_bandwidth_gbps: single.copy_gbps,
-        bandwidth: bandwidth.to_vec(),
+        read_bandwidth_gbps: single.as_ref().map_or(0.0, |b| b.read_gbps),
+        copy_bandwidth_gbps: single.as_ref().map_or(0.0, |b| b.copy_gbps),
+        bandwidth: ceilings,
+        bandwidth_start: start.to_vec(),
+        bandwidth_end: end.to_vec(),
         llc_bytes: bandwidth::last_level_cache_bytes(),
         arch: std::env::consts::ARCH.into(),
         os: std::env::consts::OS.into(),
         crate_versions,
-        devices: Vec::new(),
+        devices,
     }
-}
-
-/// Measures the bandwidth for 1 thread and every thread count of the run.
-pub fn probe_bandwidth(threads: &[usize], quick: bool) -> Vec<Bandwidth> {
-    let mut counts: Vec<usize> = std::iter::once(1).chain(threads.iter().copied()).collect();
-    counts.sort_unstable();
-    counts.dedup();
-    let passes = if quick { 3 } else { 5 };
-    counts
-        .into_iter()
-        .map(|t| bandwidth::measure(bandwidth::default_probe_bytes(), t, passes))
-        .collect()
 }
 
 /// The bandwidth divisor of an operation at a thread count (the nearest measured count).
@@ -361,283 +210,148 @@ pub fn divisor(bandwidth: &[Bandwidth], op: Op, threads: usize) -> f64 {
     }
 }
 
-/// One cell's shared state: inputs, rotated copies and the reference answer.
-pub struct Cell {
-    /// The inputs.
-    pub workload: Workload,
-    /// Extra copies of the logits, so consecutive calls read different memory.
-    pub copies: Vec<Vec<f32>>,
-    /// The reference's answer.
-    pub answer: ReferenceAnswer,
-    /// The upstream gradient.
-    pub upstream: Vec<f32>,
-    /// Whether the rotated data fits in the last-level cache.
-    pub in_cache: bool,
-}
-
-impl Cell {
-    /// Generates a cell and its reference answer.
-    pub fn new(opts: &RunOptions, batch: usize, classes: usize) -> Self {
-        let workload = Workload::generate(batch, classes, opts.weighted, opts.reduction, opts.seed);
-        let upstream = workload.upstream();
-        let with_grad = opts.ops.iter().any(|&o| o != Op::Forward);
-        let answer = workload::reference_answer(&workload, &upstream, with_grad);
-        let llc = bandwidth::last_level_cache_bytes();
-        let bytes = workload.bytes().max(1);
-        let rotations = (4 * llc).div_ceil(bytes).clamp(1, 8);
-        let copies = (1..rotations).map(|_| workload.logits.clone()).collect();
-        // Forward touches the rotated logits; the others also write one gradient buffer.
-        let in_cache = rotations * bytes + bytes <= llc;
-        Cell {
-            workload,
-            copies,
-            answer,
-            upstream,
-            in_cache,
-        }
-    }
-
-    fn logits(&self, rep: usize) -> &[f32] {
-        let k = rep % (self.copies.len() + 1);
-        if k == 0 {
-            &self.workload.logits
-        } else {
-            &self.copies[k - 1]
-        }
-    }
-}
-
-/// Compares a backend's outputs for `op` with the cell's reference answer.
-fn agreement(cell: &Cell, op: Op, loss: &[f32], grad: &[f32], tol: Tolerance) -> (f64, bool) {
-    let loss_pairs = loss
-        .iter()
-        .map(|&l| f64::from(l))
-        .zip(cell.answer.loss.iter().copied());
-    let grad_pairs = grad
-        .iter()
-        .map(|&g| f64::from(g))
-        .zip(cell.answer.grad.iter().map(|&g| f64::from(g)));
-    match op {
-        Op::Forward => workload::agreement(loss_pairs, tol),
-        Op::Backward => workload::agreement(grad_pairs, tol),
-        Op::ForwardBackward => workload::agreement(loss_pairs.chain(grad_pairs), tol),
-    }
-}
-
-/// What one timed configuration was, besides its timing and agreement.
-struct Subject<'a> {
-    backend: &'a str,
-    variant: &'a str,
-    threads: usize,
-    op: Op,
-    bandwidth_gbps: f64,
-    in_cache: bool,
-    note: Option<String>,
-}
-
-fn result(
+/// One round of one configuration in this process: ready it (checking its outputs against the
+/// reference when the cell has it, fingerprinting them otherwise), one timed call to size the
+/// samples, then [`round_of`].
+pub fn measure_round(
     cell: &Cell,
-    s: Subject<'_>,
-    timing: Timing,
-    (max_rel_error, agrees): (f64, bool),
-) -> CellResult {
-    let w = &cell.workload;
-    let elements = w.logits.len();
-    let eps = elements as f64 / (timing.median_ns * 1e-9);
-    let bps = eps * s.op.bytes_per_element();
-    CellResult {
-        backend: s.backend.to_string(),
-        variant: s.variant.to_string(),
-        op: s.op,
-        batch: w.shape[0],
-        classes: w.shape[1],
-        threads: s.threads,
-        elements,
-        median_ns: timing.median_ns,
-        min_ns: timing.min_ns,
-        spread: timing.spread,
-        reps: timing.reps,
-        elements_per_second: eps,
-        bytes_per_second: bps,
-        bandwidth_gbps: s.bandwidth_gbps,
-        bandwidth_fraction: bps / (s.bandwidth_gbps * 1e9),
-        in_cache: s.in_cache,
-        max_rel_error,
-        agrees,
-        note: s.note,
-    }
+    instance: &Instance,
+    variant: Variant,
+    op: Op,
+    budget: TimingBudget,
+) -> Result<(Check, Round), String> {
+    let mut ready = subject::ready(cell, instance, variant, op, budget)?;
+    let one =
+        timing::one_call(ready.subject.as_mut(), &mut ready.rep).map_err(|e| e.to_string())?;
+    let round = round_of(&mut ready, cell, instance, op, budget, one)?;
+    Ok((ready.check, round))
 }
 
-/// Cross-checks and times one backend on one cell and operation, end to end (host slices in,
-/// host slices out, through the [`LossBackend`] methods).
-pub fn measure(
+/// Times one round of a ready configuration whose single call took `one`: samples interleaved
+/// with the calibration kernel (host backends; device backends have none).
+pub fn round_of(
+    ready: &mut subject::Ready<'_>,
     cell: &Cell,
     instance: &Instance,
     op: Op,
-    bandwidth_gbps: f64,
     budget: TimingBudget,
-) -> Result<CellResult, String> {
-    let backend = instance.backend.as_ref();
-    let w = &cell.workload;
-    let p0 = w.problem();
-    let mut loss = vec![0.0f32; p0.loss_len()];
-    let mut grad = vec![0.0f32; w.logits.len()];
-    let up = &cell.upstream;
-    let tol: Tolerance = backend.tolerance(loss_core::conformance::DEFAULT_TOLERANCE);
-    let first = Instant::now();
-    match op {
-        Op::Forward => backend.forward_into(&p0, &mut loss),
-        Op::Backward => backend.backward_into(&p0, up, &mut grad),
-        Op::ForwardBackward => backend.forward_backward_into(&p0, up, &mut loss, &mut grad),
-    }
-    .map_err(|e| e.to_string())?;
-    over_budget(first.elapsed(), budget)?;
-    let checked = agreement(cell, op, &loss, &grad, tol);
-    let problems: Vec<_> = (0..=cell.copies.len())
-        .map(|k| w.problem_on(cell.logits(k)))
-        .collect();
-    let timing = time_calls(budget, |rep| {
-        let p = &problems[rep % problems.len()];
-        match op {
-            Op::Forward => backend.forward_into(p, &mut loss),
-            Op::Backward => backend.backward_into(p, up, &mut grad),
-            Op::ForwardBackward => backend.forward_backward_into(p, up, &mut loss, &mut grad),
+    one: std::time::Duration,
+) -> Result<Round, String> {
+    budget.check_call(one)?;
+    let calls = TimingBudget::calls_per_sample(one);
+    if instance.built.device.is_some() {
+        let mut round = Round {
+            samples: Vec::new(),
+            calibration: Vec::new(),
+            calls: 0,
+        };
+        let target = budget.target / budget.rounds.max(1) as u32;
+        let start = std::time::Instant::now();
+        while round.samples.len() < budget.min_samples
+            || (round.samples.len() < budget.max_samples && start.elapsed() < target)
+        {
+            round
+                .samples
+                .push(ready.sample(calls).map_err(|e| e.to_string())?);
+            round.calls += calls;
         }
-    })?;
-    let subject = Subject {
-        backend: backend.name(),
-        variant: "",
-        threads: instance.threads,
-        op,
-        bandwidth_gbps,
-        in_cache: cell.in_cache,
-        note: instance
-            .device
-            .as_ref()
-            .map(|d| format!("end to end on {}", d.describe())),
-    };
-    Ok(result(cell, subject, timing, checked))
-}
-
-/// Cross-checks and times a device backend with the problem uploaded once: forward reads back
-/// the loss only, backward leaves the gradient on the device (synchronised), forward+backward
-/// reads back the loss and leaves the gradient there.
-pub fn measure_resident(
-    cell: &Cell,
-    device: &WgpuBackend,
-    op: Op,
-    bandwidth_gbps: f64,
-    budget: TimingBudget,
-) -> Result<CellResult, String> {
-    let w = &cell.workload;
-    let p0 = w.problem();
-    let first = Instant::now();
-    let mut resident = device.upload(&p0).map_err(|e| e.to_string())?;
-    let mut loss = vec![0.0f32; p0.loss_len()];
-    let mut grad = vec![0.0f32; w.logits.len()];
-    let up = &cell.upstream;
-    match op {
-        Op::Forward => resident.forward_into(&mut loss),
-        Op::Backward => resident.backward(up),
-        Op::ForwardBackward => resident.forward_backward_into(up, &mut loss),
-    }
-    .and_then(|()| {
-        if op == Op::Forward {
-            Ok(())
-        } else {
-            resident.read_grad(&mut grad)
-        }
-    })
-    .map_err(|e| e.to_string())?;
-    over_budget(first.elapsed(), budget)?;
-    let checked = agreement(
-        cell,
-        op,
-        &loss,
-        &grad,
-        device.tolerance(loss_core::conformance::DEFAULT_TOLERANCE),
-    );
-    let timing = time_calls(budget, |_| match op {
-        Op::Forward => resident.forward_into(&mut loss),
-        Op::Backward => resident.backward(up),
-        Op::ForwardBackward => resident.forward_backward_into(up, &mut loss),
-    })?;
-    let subject = Subject {
-        backend: device.name(),
-        variant: "resident",
-        threads: 1,
-        op,
-        bandwidth_gbps,
-        // One buffer set, reused: it stays in cache when it fits.
-        in_cache: 2 * w.bytes() <= bandwidth::last_level_cache_bytes(),
-        note: Some(format!("resident on {}", device.describe())),
-    };
-    Ok(result(cell, subject, timing, checked))
-}
-
-/// Runs the whole grid.
-pub fn run(opts: &RunOptions) -> RunReport {
-    let created_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut skipped = Vec::new();
-    let instances = instances(opts, &mut skipped);
-    let bandwidth = probe_bandwidth(&opts.threads, opts.quick);
-    let mut devices = Vec::new();
-    for instance in &instances {
-        if let Some(d) = &instance.device {
-            let probe_bytes = bandwidth::default_probe_bytes() as u64;
-            match d.measure_copy_bandwidth(probe_bytes, if opts.quick { 3 } else { 5 }) {
-                Ok(gbps) => devices.push(Device {
-                    backend: d.name().to_string(),
-                    adapter: d.describe(),
-                    copy_bandwidth_gbps: gbps,
-                }),
-                Err(e) => skipped.push(skip(d.name(), 0, 0, format!("bandwidth probe: {e}"))),
-            }
-        }
-    }
-    // A device backend is divided by its device's bandwidth; the others by the host's.
-    let divisor_of = |instance: &Instance, op: Op| {
-        instance
-            .device
-            .as_ref()
-            .and_then(|d| devices.iter().find(|x| x.backend == d.name()))
-            .map_or_else(
-                || divisor(&bandwidth, op, instance.threads),
-                |x| x.copy_bandwidth_gbps,
-            )
-    };
-    let budget = TimingBudget::for_run(opts.quick);
-    let grid: Vec<(usize, usize)> = if opts.cells.is_empty() {
-        opts.batch
-            .iter()
-            .flat_map(|&b| opts.classes.iter().map(move |&c| (b, c)))
-            .collect()
+        Ok(round)
     } else {
-        opts.cells.clone()
-    };
-    let mut cells = Vec::new();
-    for (batch, classes) in grid {
-        let bytes = batch.saturating_mul(classes).saturating_mul(4);
-        if bytes > opts.max_bytes {
-            skipped.push(skip(
-                "",
-                batch,
-                classes,
-                format!(
-                    "{bytes} bytes of logits exceed the cap of {} (--max-mib)",
-                    opts.max_bytes
-                ),
-            ));
-        } else if batch == 0 || classes == 0 {
-            skipped.push(skip("", batch, classes, "empty cell".into()));
-        } else {
-            cells.push((batch, classes));
-        }
+        let mut calib = Calibration::new(cell.rotations(), op, instance.threads);
+        timing::time_round(
+            budget,
+            ready.subject.as_mut(),
+            &mut calib,
+            calls,
+            &mut ready.rep,
+        )
+        .map_err(|e| e.to_string())
     }
-    let timed = instances.len() + instances.iter().filter(|i| i.device.is_some()).count();
-    let total = (cells.len() * timed * opts.ops.len()) as u64;
+}
+
+/// The rounds of one configuration so far.
+struct Accumulated {
+    instance: usize,
+    variant: Variant,
+    op: Op,
+    spec: CellSpec,
+    in_cache: bool,
+    check: Check,
+    reproduced: bool,
+    rounds: Vec<Round>,
+}
+
+/// Turns a configuration's rounds into its result. `bandwidth_gbps` is the ceiling it is
+/// divided by.
+fn result(a: &Accumulated, instance: &Instance, bandwidth_gbps: f64) -> CellResult {
+    let samples: Vec<f64> = a
+        .rounds
+        .iter()
+        .flat_map(|r| r.samples.iter().copied())
+        .collect();
+    let s = Summary::of(&samples);
+    let elements = a.spec.batch * a.spec.classes;
+    let eps = elements as f64 / (s.median_ns * 1e-9);
+    let bps = eps * a.op.bytes_per_element();
+    let fraction = bps / (bandwidth_gbps * 1e9);
+    let rounds: Vec<RoundResult> = a
+        .rounds
+        .iter()
+        .map(|r| RoundResult {
+            median_ns: timing::median(&r.samples),
+            min_ns: r.samples.iter().copied().fold(f64::INFINITY, f64::min),
+            spread: Summary::of(&r.samples).spread,
+            calibration_ns: (!r.calibration.is_empty()).then(|| timing::median(&r.calibration)),
+            calls: r.calls,
+        })
+        .collect();
+    let calibrated = rounds
+        .iter()
+        .map(|r| r.calibration_ns.map(|c| c / r.median_ns))
+        .collect::<Option<Vec<f64>>>()
+        .map(|v| timing::median(&v));
+    let note = match (&instance.built.device, a.variant) {
+        (Some(d), Variant::Resident) => Some(format!("resident on {}", d.describe_device())),
+        (Some(d), Variant::EndToEnd) => Some(format!("end to end on {}", d.describe_device())),
+        (None, _) => None,
+    };
+    let note = if a.reproduced {
+        note
+    } else {
+        Some(
+            "DID NOT REPRODUCE: a later round's outputs differed in their bits from round 0's"
+                .to_string(),
+        )
+    };
+    CellResult {
+        backend: instance.built.backend.name().to_string(),
+        variant: a.variant.as_str().to_string(),
+        op: a.op,
+        batch: a.spec.batch,
+        classes: a.spec.classes,
+        threads: instance.threads,
+        elements,
+        median_ns: s.median_ns,
+        min_ns: s.min_ns,
+        spread: s.spread,
+        reps: a.rounds.iter().map(|r| r.calls).sum(),
+        elements_per_second: eps,
+        bytes_per_second: bps,
+        bandwidth_gbps,
+        bandwidth_fraction: fraction,
+        in_cache: a.in_cache,
+        over_ceiling: !a.in_cache && fraction > 1.0,
+        max_rel_error: a.check.max_rel_error,
+        agrees: a.check.agrees && a.reproduced,
+        rounds,
+        calibrated,
+        counts: None,
+        note,
+    }
+}
+
+/// A progress bar on standard error, hidden when it is not a terminal.
+pub fn progress(total: u64) -> ProgressBar {
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::new(total)
     } else {
@@ -647,93 +361,223 @@ pub fn run(opts: &RunOptions) -> RunReport {
         ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut results = Vec::new();
+    bar
+}
+
+/// Runs the whole grid.
+pub fn run(opts: &RunOptions) -> RunReport {
+    let created_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut skipped = Vec::new();
+    let instances = instances::instances(&opts.backends, &opts.threads, &mut skipped);
+    let passes = if opts.quick { 3 } else { 5 };
+    let bw_start = bandwidth::probe(&opts.threads, passes);
+    let mut devices = Vec::new();
+    for instance in &instances {
+        if let Some(d) = &instance.built.device {
+            let probe_bytes = bandwidth::default_probe_bytes() as u64;
+            match d.copy_bandwidth_gbps(probe_bytes, passes) {
+                Ok(gbps) => devices.push(Device {
+                    backend: instance.name.clone(),
+                    adapter: d.describe_device(),
+                    copy_bandwidth_gbps: gbps,
+                }),
+                Err(e) => skipped.push(Skipped::backend(
+                    &instance.name,
+                    format!("bandwidth probe: {e}"),
+                )),
+            }
+        }
+    }
+    let budget = TimingBudget::for_run(opts.quick);
+    let cells = opts.grid(&mut skipped);
+    let with_grad = opts.ops.iter().any(|&o| o != Op::Forward);
+    let configs: Vec<(usize, Variant, Op)> = instances
+        .iter()
+        .enumerate()
+        .flat_map(|(i, inst)| {
+            inst.variants()
+                .into_iter()
+                .flat_map(move |v| opts.ops.iter().map(move |&op| (i, v, op)))
+        })
+        .collect();
+    let bar = progress((budget.rounds * cells.len() * configs.len()) as u64);
     let mut python = if opts.python_peers {
         match crate::peers::PythonPeers::detect() {
             Ok(p) => Some(p),
             Err(reason) => {
-                skipped.push(skip("pytorch/jax", 0, 0, reason));
+                skipped.push(Skipped::backend("pytorch/jax", reason));
                 None
             }
         }
     } else {
         None
     };
-    for (batch, classes) in cells {
-        bar.set_message(format!("{batch}x{classes}: reference"));
-        let cell = Cell::new(opts, batch, classes);
-        for instance in &instances {
-            for &op in &opts.ops {
-                bar.set_message(format!(
-                    "{batch}x{classes} {} {op}",
-                    instance.backend.name()
-                ));
-                let bw = divisor_of(instance, op);
-                match measure(&cell, instance, op, bw, budget) {
-                    Ok(r) => results.push(r),
-                    Err(e) => skipped.push(skip(
-                        instance.backend.name(),
-                        batch,
-                        classes,
-                        format!("{op}: {e}"),
-                    )),
+    // Keyed by (cell index, config index); a configuration that failed is dropped for good.
+    let mut acc: BTreeMap<(usize, usize), Accumulated> = BTreeMap::new();
+    let mut failed: std::collections::BTreeSet<(usize, usize)> = Default::default();
+    for round in 0..budget.rounds {
+        let mut client = match &opts.worker {
+            None => None,
+            Some(path) => match worker::Client::spawn(path) {
+                Ok((c, _)) => Some(c),
+                Err(e) => {
+                    skipped.push(Skipped::backend(
+                        "harness",
+                        format!("round {}: no worker: {e}", round + 1),
+                    ));
+                    continue;
                 }
+            },
+        };
+        for (ci, &spec) in cells.iter().enumerate() {
+            bar.set_message(format!(
+                "round {}: {}x{}",
+                round + 1,
+                spec.batch,
+                spec.classes
+            ));
+            // The cell in this process: for in-process rounds, and in round 0 for the peers.
+            let local = (client.is_none() || (round == 0 && python.is_some()))
+                .then(|| Cell::new(spec, round == 0, with_grad));
+            for (k, &(i, variant, op)) in configs.iter().enumerate() {
                 bar.inc(1);
-                if let Some(device) = &instance.device {
-                    match measure_resident(&cell, device, op, bw, budget) {
-                        Ok(r) => results.push(r),
-                        Err(e) => skipped.push(skip(
-                            device.name(),
-                            batch,
-                            classes,
-                            format!("resident {op}: {e}"),
-                        )),
+                if failed.contains(&(ci, k)) {
+                    continue;
+                }
+                let instance = &instances[i];
+                bar.set_message(format!(
+                    "round {}: {}x{} {} {op}",
+                    round + 1,
+                    spec.batch,
+                    spec.classes,
+                    instance.name
+                ));
+                let measured = match (client.as_mut(), &local) {
+                    (Some(c), _) => {
+                        let config = worker::Config {
+                            cell: spec,
+                            backend: instance.name.clone(),
+                            threads: instance.threads,
+                            variant: variant.as_str().to_string(),
+                            op,
+                            quick: opts.quick,
+                            reference: round == 0,
+                        };
+                        c.prepare(&config).and_then(|ready| {
+                            let r = c.round()?;
+                            Ok((
+                                Check {
+                                    max_rel_error: ready.max_rel_error,
+                                    agrees: ready.agrees,
+                                    digest: ready.digest,
+                                },
+                                Round {
+                                    samples: r.samples,
+                                    calibration: r.calibration,
+                                    calls: r.calls,
+                                },
+                            ))
+                        })
                     }
-                    bar.inc(1);
+                    (None, Some(cell)) => measure_round(cell, instance, variant, op, budget),
+                    (None, None) => unreachable!("in-process rounds make their cell"),
+                };
+                match measured {
+                    Ok((check, r)) => match acc.get_mut(&(ci, k)) {
+                        None => {
+                            acc.insert(
+                                (ci, k),
+                                Accumulated {
+                                    instance: i,
+                                    variant,
+                                    op,
+                                    spec,
+                                    in_cache: spec.in_cache(),
+                                    check,
+                                    reproduced: true,
+                                    rounds: vec![r],
+                                },
+                            );
+                        }
+                        Some(a) => {
+                            a.reproduced &= a.check.digest == check.digest;
+                            a.rounds.push(r);
+                        }
+                    },
+                    Err(e) => {
+                        failed.insert((ci, k));
+                        let what = match variant {
+                            Variant::EndToEnd => format!("{op}: {e}"),
+                            Variant::Resident => format!("resident {op}: {e}"),
+                        };
+                        skipped.push(Skipped {
+                            backend: instance.name.clone(),
+                            batch: spec.batch,
+                            classes: spec.classes,
+                            reason: what,
+                        });
+                    }
                 }
             }
-        }
-        if let Some(py) = python.as_mut() {
-            if batch * classes > opts.peer_max_elements {
-                skipped.push(skip(
-                    "pytorch/jax",
-                    batch,
-                    classes,
-                    format!(
-                        "more than {} logits (--peer-max-elements)",
-                        opts.peer_max_elements
-                    ),
-                ));
-            } else if let Err(e) = py.add_cell(&cell) {
-                skipped.push(skip("pytorch/jax", batch, classes, e));
+            if round == 0
+                && let (Some(py), Some(cell)) = (python.as_mut(), &local)
+            {
+                if spec.batch * spec.classes > opts.peer_max_elements {
+                    skipped.push(Skipped {
+                        backend: "pytorch/jax".into(),
+                        batch: spec.batch,
+                        classes: spec.classes,
+                        reason: format!(
+                            "more than {} logits (--peer-max-elements)",
+                            opts.peer_max_elements
+                        ),
+                    });
+                } else if let Err(e) = py.add_cell(cell) {
+                    skipped.push(Skipped {
+                        backend: "pytorch/jax".into(),
+                        batch: spec.batch,
+                        classes: spec.classes,
+                        reason: e,
+                    });
+                }
             }
         }
     }
+    let mut results = Vec::new();
     if let Some(py) = python {
         bar.set_message("python peers");
-        py.run(opts, &bandwidth, &mut results, &mut skipped);
+        py.run(opts, &bw_start, &mut results, &mut skipped);
     }
+    bar.set_message("bandwidth probe (end of run)");
+    let bw_end = bandwidth::probe(&opts.threads, passes);
     bar.finish_and_clear();
+    let machine = machine(&bw_start, &bw_end, devices);
+    for a in acc.values() {
+        let instance = &instances[a.instance];
+        let divisor = machine
+            .devices
+            .iter()
+            .find(|d| instance.built.device.is_some() && d.backend == instance.name)
+            .map_or_else(
+                || divisor(&machine.bandwidth, a.op, instance.threads),
+                |d| d.copy_bandwidth_gbps,
+            );
+        results.push(result(a, instance, divisor));
+    }
+    // Peers were divided by the start-of-run probe; divide them by the ceilings too.
+    for r in results.iter_mut().filter(|r| r.rounds.is_empty()) {
+        r.bandwidth_gbps = divisor(&machine.bandwidth, r.op, r.threads);
+        r.bandwidth_fraction = r.bytes_per_second / (r.bandwidth_gbps * 1e9);
+        r.over_ceiling = !r.in_cache && r.bandwidth_fraction > 1.0;
+    }
     let summary = schema::fastest(&results);
     RunReport {
         schema: schema::SCHEMA.to_string(),
         created_unix,
-        machine: Machine {
-            devices,
-            ..machine(&bandwidth)
-        },
-        config: RunConfig {
-            batch: opts.batch.clone(),
-            classes: opts.classes.clone(),
-            cells: opts.cells.clone(),
-            ops: opts.ops.clone(),
-            threads: opts.threads.clone(),
-            weighted: opts.weighted,
-            reduction: opts.reduction.as_str().to_string(),
-            max_bytes: opts.max_bytes,
-            quick: opts.quick,
-            seed: opts.seed,
-        },
+        machine,
+        config: opts.config(),
         results,
         skipped,
         summary,

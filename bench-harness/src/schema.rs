@@ -43,14 +43,27 @@ impl Op {
         }
     }
 
-    /// Parses a name (`forward-backward` and `fused` are accepted for `forward_backward`).
+    /// Parses a name: exactly the names of [`Op::as_str`], the one spelling used by the CLI,
+    /// the JSON and the tables.
     pub fn parse(s: &str) -> Option<Op> {
-        match s {
-            "forward" | "fwd" => Some(Op::Forward),
-            "backward" | "bwd" => Some(Op::Backward),
-            "forward_backward" | "forward-backward" | "fused" => Some(Op::ForwardBackward),
-            _ => None,
+        Op::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    /// Parses a comma-separated list of names, or `all`.
+    pub fn parse_list(s: &str) -> Result<Vec<Op>, String> {
+        if s.trim() == "all" {
+            return Ok(Op::ALL.to_vec());
         }
+        let mut ops = Vec::new();
+        for name in s.split(',').map(str::trim) {
+            let op = Op::parse(name).ok_or_else(|| {
+                format!("unknown op {name:?}: expected forward, backward, forward_backward or all")
+            })?;
+            if !ops.contains(&op) {
+                ops.push(op);
+            }
+        }
+        Ok(ops)
     }
 }
 
@@ -67,12 +80,18 @@ pub struct Machine {
     pub cpu: String,
     /// Logical cores available to the process.
     pub cores: usize,
-    /// Single-thread read bandwidth measured at the start of the run, GB/s.
+    /// Single-thread read bandwidth ceiling (the better of the start and end probes), GB/s.
     pub read_bandwidth_gbps: f64,
-    /// Single-thread copy bandwidth (read + write bytes), GB/s.
+    /// Single-thread copy bandwidth ceiling (read + write bytes), GB/s.
     pub copy_bandwidth_gbps: f64,
-    /// Bandwidth for every thread count the run used.
+    /// The ceilings for every thread count the run used: the better of the two probes.
     pub bandwidth: Vec<Bandwidth>,
+    /// The probe at the start of the run.
+    #[serde(default)]
+    pub bandwidth_start: Vec<Bandwidth>,
+    /// The probe at the end of the run (empty when the run did not probe again).
+    #[serde(default)]
+    pub bandwidth_end: Vec<Bandwidth>,
     /// Last-level cache size in bytes.
     pub llc_bytes: usize,
     /// `std::env::consts::ARCH`.
@@ -122,6 +141,61 @@ pub struct RunConfig {
     pub quick: bool,
     /// Seed of the random inputs.
     pub seed: u64,
+    /// Rounds each configuration was timed in (spread over the run).
+    #[serde(default)]
+    pub rounds: usize,
+    /// Set for a `--counts` run: how its counts were taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<CountsConfig>,
+}
+
+/// How a `--counts` run counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountsConfig {
+    /// The tool and its version (`valgrind-3.19.0 callgrind`).
+    pub tool: String,
+    /// Counted calls per configuration (after one uncounted warm-up call).
+    pub calls: usize,
+    /// The simulated cache geometry (`--I1`, `--D1`, `--LL`).
+    pub cache: String,
+}
+
+/// One round of one configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundResult {
+    /// Median time of one call in this round, ns.
+    pub median_ns: f64,
+    /// The fastest sample of this round, ns per call.
+    #[serde(default)]
+    pub min_ns: f64,
+    /// (p90 − p10) / median of this round's samples.
+    #[serde(default)]
+    pub spread: f64,
+    /// Median time of one call of the calibration kernel, interleaved with this round's
+    /// samples, ns (absent for device backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_ns: Option<f64>,
+    /// Calls timed in this round.
+    pub calls: usize,
+}
+
+/// Deterministic counts of one configuration's calls under Valgrind (`run --counts`), per call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Instructions executed per call.
+    pub instructions: f64,
+    /// `instructions / elements`.
+    pub instructions_per_element: f64,
+    /// Data reads plus writes per call.
+    pub data_accesses: f64,
+    /// First-level misses (instruction + data read + data write) per call.
+    pub l1_misses: f64,
+    /// Last-level misses (instruction + data read + data write) per call.
+    pub ll_misses: f64,
+    /// iai-callgrind's estimate: L1 hits + 5 × last-level hits + 35 × memory accesses.
+    pub estimated_cycles: f64,
+    /// Calls counted.
+    pub calls: usize,
 }
 
 /// One timed configuration.
@@ -160,11 +234,26 @@ pub struct CellResult {
     pub bandwidth_fraction: f64,
     /// Whether the data the timed calls touch fits in the last-level cache.
     pub in_cache: bool,
+    /// Out of cache and above 100 % of its ceiling: a defect of the bandwidth probe (the ceiling
+    /// is not one), reported rather than hidden.
+    #[serde(default)]
+    pub over_ceiling: bool,
     /// Largest `|got − ref| / (|ref| + atol/rtol)` over every output element against the
     /// reference on this exact input (NaN/inf mismatches count as infinite).
     pub max_rel_error: f64,
     /// Whether every element is within the backend's tolerance of the reference.
     pub agrees: bool,
+    /// The rounds, in run order (empty for peers, which are timed once by their script).
+    #[serde(default)]
+    pub rounds: Vec<RoundResult>,
+    /// The median over rounds of calibration time / call time: the fraction of the speed of the
+    /// ideal streaming kernel over the same data, timed interleaved with this one. It moves far
+    /// less between runs than the throughput itself; `compare` judges it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<f64>,
+    /// Counts under Valgrind (`run --counts` only; its timing fields are then 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<Counts>,
     /// Anything a reader should know (e.g. how a peer was run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -206,6 +295,28 @@ pub struct Skipped {
     pub reason: String,
 }
 
+impl Skipped {
+    /// A whole backend was skipped.
+    pub fn backend(backend: &str, reason: String) -> Self {
+        Skipped {
+            backend: backend.to_string(),
+            batch: 0,
+            classes: 0,
+            reason,
+        }
+    }
+
+    /// A whole cell was skipped.
+    pub fn cell(batch: usize, classes: usize, reason: String) -> Self {
+        Skipped {
+            backend: String::new(),
+            batch,
+            classes,
+            reason,
+        }
+    }
+}
+
 /// The fastest agreeing backend of one cell and operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fastest {
@@ -243,6 +354,11 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// Whether this is a `--counts` run (counts, no timings).
+    pub fn is_counts(&self) -> bool {
+        self.config.counts.is_some()
+    }
+
     /// Reads a result file, checking its schema tag.
     pub fn load(path: &std::path::Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -259,10 +375,11 @@ impl RunReport {
     }
 }
 
-/// The fastest agreeing result per (op, batch, classes); disagreeing results never win.
+/// The fastest agreeing result per (op, batch, classes); disagreeing results never win (nor do
+/// counts, which have no timings).
 pub fn fastest(results: &[CellResult]) -> Vec<Fastest> {
     let mut best: BTreeMap<(Op, usize, usize), &CellResult> = BTreeMap::new();
-    for r in results.iter().filter(|r| r.agrees) {
+    for r in results.iter().filter(|r| r.agrees && r.counts.is_none()) {
         let slot = best.entry((r.op, r.batch, r.classes)).or_insert(r);
         if r.elements_per_second > slot.elements_per_second {
             *slot = r;

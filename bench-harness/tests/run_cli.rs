@@ -94,12 +94,30 @@ fn run_compare_recommend_plot() {
     let o = loss_bench(&["compare", r.to_str().unwrap(), r.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 
-    // Against a baseline made twice as fast, every cell regresses and is named.
+    // Every configuration was timed in rounds, each with its calibration.
+    for x in &report.results {
+        assert_eq!(x.rounds.len(), report.config.rounds, "{x:?}");
+        assert!(
+            x.rounds
+                .iter()
+                .all(|r| r.calibration_ns.is_some_and(|c| c > 0.0))
+        );
+        assert!(x.calibrated.is_some_and(|c| c > 0.0) && !x.over_ceiling);
+    }
+    assert!(report.config.rounds >= 3);
+    assert_eq!(
+        report.machine.bandwidth_start.len(),
+        report.machine.bandwidth_end.len()
+    );
+
+    // Against a baseline made twice as fast in every round, every cell regresses and is named.
     let mut fast = report.clone();
     for x in &mut fast.results {
-        x.bandwidth_fraction *= 2.0;
         x.elements_per_second *= 2.0;
-        x.spread = 0.01;
+        for r in &mut x.rounds {
+            r.median_ns /= 2.0;
+            r.min_ns /= 2.0;
+        }
     }
     let base = dir.join("fast.json");
     std::fs::write(&base, serde_json::to_string(&fast).unwrap()).unwrap();
@@ -183,4 +201,134 @@ fn unknown_backend_is_reported_as_skipped() {
     assert!(o.status.success());
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.contains("skipped:") && s.contains("nope"), "{s}");
+}
+
+fn valgrind_present() -> bool {
+    let found = Command::new("valgrind").arg("--version").output().is_ok();
+    // CI installs it (scripts/setup.sh): there a missing valgrind fails instead of skipping.
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "CI is set but valgrind is missing"
+    );
+    if !found {
+        eprintln!("SKIPPED: valgrind is not installed");
+    }
+    found
+}
+
+fn counts_run(dir: &Path, name: &str) -> (PathBuf, RunReport) {
+    let out = dir.join(name);
+    let o = loss_bench(&[
+        "run",
+        "--counts",
+        "--backend",
+        "cpu",
+        "--cells",
+        "16x300,3x2000",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = RunReport::load(&out).unwrap();
+    (out, report)
+}
+
+#[test]
+fn counts_are_deterministic_and_gate_on_growth() {
+    if !valgrind_present() {
+        return;
+    }
+    let dir = scratch("counts");
+    let (a_path, a) = counts_run(&dir, "a.json");
+    let (b_path, b) = counts_run(&dir, "b.json");
+    assert!(a.is_counts());
+    assert_eq!(a.results.len(), 2 * 3);
+    for (x, y) in a.results.iter().zip(&b.results) {
+        let (cx, cy) = (x.counts.as_ref().unwrap(), y.counts.as_ref().unwrap());
+        assert!(
+            x.agrees && cx.instructions > 1000.0 && cx.calls > 0,
+            "{x:?}"
+        );
+        assert_eq!(cx, cy, "{}", x.label());
+        assert!((cx.instructions_per_element - cx.instructions / x.elements as f64).abs() < 1e-9);
+    }
+    let o = loss_bench(&[
+        "compare",
+        a_path.to_str().unwrap(),
+        b_path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+
+    // A baseline whose counts are 5% lower: every cell grew beyond the default 2%.
+    let mut lower = a.clone();
+    for x in &mut lower.results {
+        let c = x.counts.as_mut().unwrap();
+        c.instructions *= 0.95;
+        c.estimated_cycles *= 0.95;
+    }
+    let base = dir.join("lower.json");
+    std::fs::write(&base, serde_json::to_string(&lower).unwrap()).unwrap();
+    let o = loss_bench(&["compare", base.to_str().unwrap(), b_path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("cpu forward 16x300 1T") && stdout.contains("instructions +5.26%"),
+        "{stdout}"
+    );
+    // Counts and timings do not mix.
+    let (timings, _) = run_small(&dir);
+    let o = loss_bench(&[
+        "compare",
+        a_path.to_str().unwrap(),
+        timings.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn ab_against_the_same_build_checks_both_sides() {
+    let dir = scratch("ab");
+    let out = dir.join("ab.json");
+    let o = loss_bench(&[
+        "ab",
+        "--against",
+        env!("CARGO_BIN_EXE_loss-bench"),
+        "--quick",
+        "--backend",
+        "cpu",
+        "--backend",
+        "nope",
+        "--cells",
+        "4x100",
+        "--op",
+        "forward,forward_backward",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: bench_harness::ab::AbReport =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report.schema, bench_harness::ab::AB_SCHEMA);
+    assert_eq!(report.results.len(), 2);
+    for r in &report.results {
+        assert!(r.current_agrees && r.against_agrees);
+        let p = r.paired.unwrap();
+        assert!(
+            p.pairs >= 10 && p.low <= p.ratio && p.ratio <= p.high,
+            "{r:?}"
+        );
+        assert!(r.current_ns > 0.0 && r.against_ns > 0.0 && !r.fails);
+    }
+    assert!(report.skipped.iter().any(|s| s.backend == "nope"));
+
+    // Something that is not a loss-bench worker is refused with a message, not a hang.
+    let o = loss_bench(&["ab", "--against", "/bin/true", "--quick", "--cells", "2x5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a loss-bench worker"));
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -84,31 +84,39 @@ pub trait LossBackend: Send + Sync {
     }
 }
 
-impl<B: LossBackend + ?Sized> LossBackend for Box<B> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
-        (**self).forward_into(problem, loss)
-    }
-    fn backward_into(
-        &self,
-        problem: &Problem<'_>,
-        grad_output: &[f32],
-        grad: &mut [f32],
-    ) -> Result<()> {
-        (**self).backward_into(problem, grad_output, grad)
-    }
-    fn forward_backward_into(
-        &self,
-        problem: &Problem<'_>,
-        grad_output: &[f32],
-        loss: &mut [f32],
-        grad: &mut [f32],
-    ) -> Result<()> {
-        (**self).forward_backward_into(problem, grad_output, loss, grad)
-    }
-    fn tolerance(&self, file: Tolerance) -> Tolerance {
-        (**self).tolerance(file)
-    }
+/// Forwards every method of the trait to the backend behind a pointer, so that `Box<B>`,
+/// `Arc<B>` and `&B` are backends wherever `B` is (`B` may be `dyn LossBackend`).
+macro_rules! forward_backend_impl {
+    ($($ptr:ty),*) => {$(
+        impl<B: LossBackend + ?Sized> LossBackend for $ptr {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+            fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
+                (**self).forward_into(problem, loss)
+            }
+            fn backward_into(
+                &self,
+                problem: &Problem<'_>,
+                grad_output: &[f32],
+                grad: &mut [f32],
+            ) -> Result<()> {
+                (**self).backward_into(problem, grad_output, grad)
+            }
+            fn forward_backward_into(
+                &self,
+                problem: &Problem<'_>,
+                grad_output: &[f32],
+                loss: &mut [f32],
+                grad: &mut [f32],
+            ) -> Result<()> {
+                (**self).forward_backward_into(problem, grad_output, loss, grad)
+            }
+            fn tolerance(&self, file: Tolerance) -> Tolerance {
+                (**self).tolerance(file)
+            }
+        }
+    )*};
 }
+
+forward_backend_impl!(Box<B>, std::sync::Arc<B>, &B);

@@ -4,7 +4,8 @@
 //!
 //! - [`Problem`], [`LossOptions`], [`Target`]: the input, validated once, in one place, into a
 //!   [`LossError`] whose [`ErrorKind`] is one of the specification's kinds;
-//! - [`LossBackend`]: the trait every backend implements;
+//! - [`LossBackend`]: the trait every backend implements; [`DeviceBackend`] for backends that
+//!   can keep a problem on a device;
 //! - [`ReferenceBackend`]: the plain `f64` implementation that serves as the oracle;
 //! - [`conformance`]: reads PyTorch-generated vector files and runs any backend on them;
 //! - `testkit` (feature `testkit`): property tests any backend can run with one macro.
@@ -69,6 +70,7 @@
 
 mod backend;
 pub mod conformance;
+mod device;
 mod error;
 mod problem;
 pub mod reference;
@@ -76,6 +78,7 @@ pub mod reference;
 pub mod testkit;
 
 pub use backend::LossBackend;
+pub use device::{DeviceBackend, ResidentProblem};
 pub use error::{ErrorKind, LossError, Result};
 pub use problem::{
     DEFAULT_IGNORE_INDEX, Layout, LossOptions, NdTarget, OwnedTarget, Problem, ProblemData,

@@ -243,6 +243,29 @@ impl LossBackend for WgpuBackend {
     }
 }
 
+impl loss_core::DeviceBackend for WgpuBackend {
+    fn upload(&self, problem: &Problem<'_>) -> Result<Box<dyn loss_core::ResidentProblem>> {
+        Ok(Box::new(WgpuBackend::upload(self, problem)?))
+    }
+
+    fn describe_device(&self) -> String {
+        self.describe()
+    }
+
+    fn timing_caveat(&self) -> Option<String> {
+        self.is_software().then(|| {
+            format!(
+                "{} is a software adapter: its speed says nothing about a GPU",
+                self.describe()
+            )
+        })
+    }
+
+    fn copy_bandwidth_gbps(&self, bytes: u64, passes: usize) -> Result<f64> {
+        self.measure_copy_bandwidth(bytes, passes)
+    }
+}
+
 // The trait requires Send + Sync; resident problems are meant to move between threads too.
 const _: fn() = || {
     fn is<T: Send + Sync>() {}

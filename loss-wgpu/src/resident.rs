@@ -109,3 +109,24 @@ impl DeviceProblem {
         self.ws.read(&self.ctx, None, None, Some(grad))
     }
 }
+
+impl loss_core::ResidentProblem for DeviceProblem {
+    fn loss_len(&self) -> usize {
+        DeviceProblem::loss_len(self)
+    }
+    fn grad_len(&self) -> usize {
+        DeviceProblem::grad_len(self)
+    }
+    fn forward_into(&mut self, loss: &mut [f32]) -> Result<()> {
+        DeviceProblem::forward_into(self, loss)
+    }
+    fn forward_backward_into(&mut self, grad_output: &[f32], loss: &mut [f32]) -> Result<()> {
+        DeviceProblem::forward_backward_into(self, grad_output, loss)
+    }
+    fn backward(&mut self, grad_output: &[f32]) -> Result<()> {
+        DeviceProblem::backward(self, grad_output)
+    }
+    fn read_grad(&mut self, grad: &mut [f32]) -> Result<()> {
+        DeviceProblem::read_grad(self, grad)
+    }
+}
