@@ -12,9 +12,9 @@
 //!   on the same threads, timed interleaved with the samples) gives the ratio of the two runs'
 //!   memory speeds, and when the current run's is lower the bar is lowered by it (never raised:
 //!   the gate errs towards silence). And the drop must exceed [`NOISE_FACTOR`] times the noise
-//!   within the rounds (the samples' spread): a configuration whose samples scatter widely (a
-//!   parallel backend on a machine whose second core comes and goes) cannot be judged from two
-//!   runs, and is not. Results timed in one round (peers, older files) are listed but not
+//!   within the rounds (the samples' spread, or how far the fastest sample is from the median):
+//!   a configuration whose samples scatter widely (a parallel backend on a machine whose second
+//!   core comes and goes) cannot be judged from two runs, and is not. Results timed in one round (peers, older files) are listed but not
 //!   judged.
 //!
 //!   Why not divide by the calibration outright: on the reference VM the kernels of small and
@@ -48,8 +48,7 @@ pub struct Change {
     pub current: f64,
     /// `current / baseline` for speeds, `baseline / current` for counts: below 1 is worse.
     pub ratio: f64,
-    /// The larger within-round noise of the two runs: the median over rounds of the samples'
-    /// (p90 − p10) / median (0 for counts).
+    /// The larger within-round noise of the two runs (see `round_spread`; 0 for counts).
     pub noise: f64,
     /// Whether the cell was judged at all.
     pub gated: bool,
@@ -130,9 +129,25 @@ fn round_speeds(b: &CellResult, c: &CellResult) -> (Vec<f64>, Vec<f64>, f64) {
 /// How far a drop must exceed the noise within rounds, in units of it.
 pub const NOISE_FACTOR: f64 = 2.0;
 
-/// The median over rounds of each round's (p90 − p10) / median of its samples.
+/// A result's noise: the median over rounds of the larger of the samples' spread
+/// ((p90 − p10) / median) and the distance of the fastest sample from the median
+/// ((median − fastest) / median). The second catches a configuration whose samples are mostly
+/// in a slow mode with a rare fast one (measured: rayon on two threads of the reference VM,
+/// whose second worker often wakes too late to help with a sub-millisecond call), which the
+/// spread alone misses.
 fn round_spread(r: &CellResult) -> f64 {
-    let v: Vec<f64> = r.rounds.iter().map(|x| x.spread).collect();
+    let v: Vec<f64> = r
+        .rounds
+        .iter()
+        .map(|x| {
+            let fast = if x.min_ns > 0.0 {
+                (x.median_ns - x.min_ns) / x.median_ns
+            } else {
+                0.0
+            };
+            x.spread.max(fast)
+        })
+        .collect();
     crate::timing::median(&v)
 }
 

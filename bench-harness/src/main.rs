@@ -390,7 +390,8 @@ fn compare_cmd(args: CompareArgs) -> Result<ExitCode, String> {
     let cur = RunReport::load(&args.current)?;
     let c = compare::compare(&base, &cur, threshold)?;
     print!("{}", compare::render(&c));
-    let regressed: Vec<_> = c.regressions().map(|x| x.cell.clone()).collect();
+    let mut regressed: Vec<_> = c.regressions().map(|x| x.cell.clone()).collect();
+    regressed.dedup();
     if regressed.is_empty() {
         println!("compare: no regression beyond {:.1}%", c.threshold * 100.0);
         Ok(ExitCode::SUCCESS)
