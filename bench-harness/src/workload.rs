@@ -85,11 +85,9 @@ impl Workload {
     /// # Panics
     /// If `logits` has the wrong length (a harness bug, not an input error).
     pub fn problem_on<'a>(&'a self, logits: &'a [f32]) -> Problem<'a> {
-        let options = LossOptions {
-            weight: self.weight.as_deref(),
-            reduction: self.reduction,
-            ..LossOptions::default()
-        };
+        let options = LossOptions::new()
+            .maybe_weight(self.weight.as_deref())
+            .reduction(self.reduction);
         let target = Target::Indices {
             data: &self.targets,
             shape: &self.target_shape,
@@ -150,11 +148,9 @@ pub fn reference_answer(w: &Workload, upstream: &[f32], with_grad: bool) -> Refe
         let logits = &w.logits[start * classes..end * classes];
         let shape = [end - start, classes];
         let tshape = [end - start];
-        let options = LossOptions {
-            weight: w.weight.as_deref(),
-            reduction: chunk_reduction,
-            ..LossOptions::default()
-        };
+        let options = LossOptions::new()
+            .maybe_weight(w.weight.as_deref())
+            .reduction(chunk_reduction);
         let target = Target::Indices {
             data: &w.targets[start..end],
             shape: &tshape,

@@ -1,8 +1,8 @@
 //! The [`LossBackend`] trait: what every compute backend provides.
 
-use crate::conformance::Tolerance;
 use crate::error::Result;
 use crate::problem::Problem;
+use crate::tolerance::Tolerance;
 
 /// A cross-entropy implementation. Object safe: the harness holds `Box<dyn LossBackend>`.
 ///

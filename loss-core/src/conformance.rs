@@ -22,47 +22,7 @@ use crate::backend::LossBackend;
 use crate::error::{ErrorKind, LossError};
 use crate::problem::{OwnedTarget, ProblemData, Reduction, shape_from_i64};
 
-/// An element passes when `|got − expected| ≤ atol + rtol·|expected|`; infinities must match
-/// exactly and NaN is matched only by NaN.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Tolerance {
-    /// Relative part.
-    pub rtol: f64,
-    /// Absolute part.
-    pub atol: f64,
-}
-
-impl Tolerance {
-    /// A tolerance from its two parts.
-    pub const fn new(rtol: f64, atol: f64) -> Self {
-        Tolerance { rtol, atol }
-    }
-
-    /// The error of `got` in units of the allowed error: ≤ 1 passes. Infinite when a NaN or an
-    /// infinity is not matched exactly; 0 when it is.
-    pub fn excess(&self, got: f64, expected: f64) -> f64 {
-        if expected.is_nan() || got.is_nan() {
-            return if expected.is_nan() && got.is_nan() {
-                0.0
-            } else {
-                f64::INFINITY
-            };
-        }
-        if expected.is_infinite() || got.is_infinite() {
-            return if got == expected { 0.0 } else { f64::INFINITY };
-        }
-        (got - expected).abs() / (self.atol + self.rtol * expected.abs())
-    }
-
-    /// Whether `got` passes against `expected`.
-    pub fn allows(&self, got: f64, expected: f64) -> bool {
-        self.excess(got, expected) <= 1.0
-    }
-}
-
-/// The tolerance of the vendored vectors, used wherever no file gives one (property tests, the
-/// harness's cross-checks). Backends may loosen it through [`LossBackend::tolerance`].
-pub const DEFAULT_TOLERANCE: Tolerance = Tolerance::new(1e-4, 1e-5);
+pub use crate::tolerance::{DEFAULT_TOLERANCE, Tolerance};
 
 /// A vector file that could not be read at all (as opposed to a case that is malformed on
 /// purpose, which is read leniently and judged by the library).

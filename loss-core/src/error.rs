@@ -5,6 +5,7 @@ use thiserror::Error;
 /// The coarse class of a [`LossError`]. The first three are the kinds the specification names
 /// (and the conformance vectors expect); the last three are about the backend, not the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// An index target outside `[0, C)` that is not `ignore_index`.
     InvalidTarget,
@@ -56,6 +57,7 @@ impl std::fmt::Display for ErrorKind {
 
 /// Everything that can go wrong, with enough structure to say where.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum LossError {
     /// An index target outside `[0, C)` that is not `ignore_index`.
     #[error(

@@ -6,7 +6,8 @@
 //!   [`LossError`] whose [`ErrorKind`] is one of the specification's kinds;
 //! - [`LossBackend`]: the trait every backend implements; [`DeviceBackend`] for backends that
 //!   can keep a problem on a device;
-//! - [`ReferenceBackend`]: the plain `f64` implementation that serves as the oracle;
+//! - [`formula`]: every quantity of the loss, once, for every backend to call;
+//! - [`ReferenceBackend`]: the plain `f64` composition of those formulas: the oracle;
 //! - [`conformance`]: reads PyTorch-generated vector files and runs any backend on them;
 //! - `testkit` (feature `testkit`): property tests any backend can run with one macro.
 //!
@@ -72,10 +73,12 @@ mod backend;
 pub mod conformance;
 mod device;
 mod error;
+pub mod formula;
 mod problem;
 pub mod reference;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod tolerance;
 
 pub use backend::LossBackend;
 pub use device::{DeviceBackend, ResidentProblem};
@@ -85,6 +88,7 @@ pub use problem::{
     Reduction, Target, TargetData, shape_from_i64,
 };
 pub use reference::ReferenceBackend;
+pub use tolerance::{DEFAULT_TOLERANCE, Tolerance};
 
 /// This crate's version, for reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -56,8 +56,11 @@ impl std::fmt::Display for Reduction {
     }
 }
 
-/// The options of the loss, with PyTorch's defaults.
+/// The options of the loss, with PyTorch's defaults. Built with [`LossOptions::new`] and the
+/// builder methods (new options will be added, so the struct cannot be written as a literal
+/// outside this crate).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct LossOptions<'a> {
     /// Per-class weights (`C` values), or `None` for all ones.
     pub weight: Option<&'a [f32]>,
@@ -88,6 +91,11 @@ impl<'a> LossOptions<'a> {
     /// Sets per-class weights.
     pub fn weight(mut self, weight: &'a [f32]) -> Self {
         self.weight = Some(weight);
+        self
+    }
+    /// Sets per-class weights, or none.
+    pub fn maybe_weight(mut self, weight: Option<&'a [f32]>) -> Self {
+        self.weight = weight;
         self
     }
     /// Sets `ignore_index`.
@@ -187,10 +195,7 @@ pub struct Problem<'a> {
     shape: Vec<usize>,
     layout: Layout,
     target: TargetData<'a>,
-    weight: Option<&'a [f32]>,
-    ignore_index: i64,
-    reduction: Reduction,
-    label_smoothing: f32,
+    options: LossOptions<'a>,
 }
 
 fn checked_product(shape: &[usize], what: &'static str) -> Result<usize> {
@@ -336,10 +341,7 @@ impl<'a> Problem<'a> {
             shape: shape.to_vec(),
             layout,
             target,
-            weight: options.weight,
-            ignore_index: options.ignore_index,
-            reduction: options.reduction,
-            label_smoothing: eps,
+            options,
         })
     }
 
@@ -422,31 +424,35 @@ impl<'a> Problem<'a> {
     pub fn target(&self) -> TargetData<'a> {
         self.target
     }
+    /// The validated options, as one value.
+    pub fn options(&self) -> LossOptions<'a> {
+        self.options
+    }
     /// The class weights, if any.
     pub fn weight(&self) -> Option<&'a [f32]> {
-        self.weight
+        self.options.weight
     }
     /// The weight of class `c` (1 without weights).
     #[inline]
     pub fn class_weight(&self, c: usize) -> f32 {
-        self.weight.map_or(1.0, |w| w[c])
+        self.options.weight.map_or(1.0, |w| w[c])
     }
     /// `ignore_index`.
     pub fn ignore_index(&self) -> i64 {
-        self.ignore_index
+        self.options.ignore_index
     }
     /// The reduction.
     pub fn reduction(&self) -> Reduction {
-        self.reduction
+        self.options.reduction
     }
     /// Label smoothing `ε`.
     pub fn label_smoothing(&self) -> f32 {
-        self.label_smoothing
+        self.options.label_smoothing
     }
 
     /// Number of loss values: `P` for `none`, else 1. The upstream gradient has this length too.
     pub fn loss_len(&self) -> usize {
-        match self.reduction {
+        match self.options.reduction {
             Reduction::None => self.positions(),
             Reduction::Sum | Reduction::Mean => 1,
         }
@@ -454,7 +460,7 @@ impl<'a> Problem<'a> {
 
     /// Shape of the loss: the target-index shape for `none`, `[]` otherwise.
     pub fn loss_shape(&self) -> Vec<usize> {
-        match self.reduction {
+        match self.options.reduction {
             Reduction::None => {
                 let class_axis = usize::from(self.layout.batched);
                 self.shape

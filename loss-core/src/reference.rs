@@ -1,12 +1,13 @@
 //! The reference backend: the oracle every other backend is checked against.
 //!
-//! It is written to be obviously correct rather than fast: one formula of the
-//! [crate-level definition](crate#the-loss) per line, every sum accumulated in `f64`, positions
-//! visited in order. The `f64` entry points ([`forward_f64`], [`backward_f64`]) take the logits as
+//! It is written to be obviously correct rather than fast: the plain composition of the
+//! [formulas](crate::formula) — each row's statistics straight from their definitions, every sum
+//! accumulated in `f64`, positions visited in order. The `f64` entry points ([`forward_f64`], [`backward_f64`]) take the logits as
 //! `f64` so that tests can differentiate the loss numerically.
 
 use crate::backend::LossBackend;
 use crate::error::{LossError, Result};
+use crate::formula::{self, RowStats, Scalars};
 use crate::problem::{Problem, Reduction, TargetData};
 
 /// The reference backend (`name() == "reference"`).
@@ -28,69 +29,89 @@ fn row(problem: &Problem<'_>, logits: &[f64], position: usize) -> Vec<f64> {
         .collect()
 }
 
-/// `m + ln Σ exp(x − m)` with `m` the maximum; NaN in, NaN out.
-fn log_sum_exp(x: &[f64]) -> f64 {
-    if x.iter().any(|v| v.is_nan()) {
-        return f64::NAN;
+/// The smoothed probability targets `t'` of one position.
+fn smoothed_targets(problem: &Problem<'_>, s: &Scalars, position: usize) -> Option<Vec<f64>> {
+    let layout = problem.layout();
+    match problem.target() {
+        TargetData::Probs(t) => Some(
+            (0..layout.classes)
+                .map(|c| s.smoothing.target(f64::from(t[layout.index(position, c)])))
+                .collect(),
+        ),
+        TargetData::Indices(_) => None,
     }
-    let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let s: f64 = x.iter().map(|&v| (v - m).exp()).sum();
-    m + s.ln()
 }
 
 fn weight(problem: &Problem<'_>, c: usize) -> f64 {
     f64::from(problem.class_weight(c))
 }
 
-/// The smoothed probability target `t' = (1 − ε)·t + ε/C` (just `t` when `ε = 0`).
-fn smoothed(problem: &Problem<'_>, t: f32) -> f64 {
-    let eps = f64::from(problem.label_smoothing());
-    if eps > 0.0 {
-        (1.0 - eps) * f64::from(t) + eps / problem.classes() as f64
+/// The statistics of one position, straight from their definitions in [`RowStats`]. A NaN
+/// logit makes the whole row NaN; a row whose logits are all −∞ has no log-sum-exp (NaN).
+fn row_stats(
+    problem: &Problem<'_>,
+    s: &Scalars,
+    x: &[f64],
+    targets: Option<&[f64]>,
+    y: Option<usize>,
+) -> RowStats {
+    let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let ln_sum = if x.iter().any(|v| v.is_nan()) || max == f64::NEG_INFINITY {
+        f64::NAN
     } else {
-        f64::from(t)
+        x.iter().map(|&v| (v - max).exp()).sum::<f64>().ln()
+    };
+    let max = if ln_sum.is_nan() { f64::NAN } else { max };
+    let (weighted, mass) = match targets {
+        Some(t) => (
+            (0..x.len())
+                .map(|c| weight(problem, c) * t[c] * (x[c] - max))
+                .sum(),
+            (0..x.len()).map(|c| weight(problem, c) * t[c]).sum(),
+        ),
+        None if s.smoothing.is_on() => (
+            (0..x.len())
+                .map(|c| weight(problem, c) * (x[c] - max))
+                .sum(),
+            0.0,
+        ),
+        None => (0.0, 0.0),
+    };
+    RowStats {
+        max,
+        ln_sum,
+        x_target: y.map_or(0.0, |y| x[y]),
+        weighted,
+        mass,
     }
 }
 
 /// The index target of a position, or `None` when it is ignored (or the target is soft).
 fn valid_index(problem: &Problem<'_>, position: usize) -> Option<usize> {
     match problem.target() {
-        TargetData::Indices(y) if y[position] != problem.ignore_index() => {
-            Some(y[position] as usize)
-        }
-        _ => None,
+        TargetData::Indices(y) => formula::valid_class(y[position], problem.ignore_index()),
+        TargetData::Probs(_) => None,
     }
 }
 
 /// Per-position losses `L_i` (0 where ignored), in `f64`.
 pub fn position_losses_f64(problem: &Problem<'_>, logits: &[f64]) -> Vec<f64> {
-    let classes = problem.classes();
-    let eps = f64::from(problem.label_smoothing());
+    let s = Scalars::of(problem);
     (0..problem.positions())
         .map(|i| {
             let x = row(problem, logits, i);
-            let lse = log_sum_exp(&x);
             match problem.target() {
                 TargetData::Indices(_) => match valid_index(problem, i) {
                     None => 0.0,
                     Some(y) => {
-                        let nll = (1.0 - eps) * weight(problem, y) * (lse - x[y]);
-                        if eps > 0.0 {
-                            let smooth: f64 = (0..classes)
-                                .map(|c| weight(problem, c) * (lse - x[c]))
-                                .sum();
-                            nll + eps / classes as f64 * smooth
-                        } else {
-                            nll
-                        }
+                        let r = row_stats(problem, &s, &x, None, Some(y));
+                        formula::index_loss(&s, weight(problem, y), &r)
                     }
                 },
-                TargetData::Probs(t) => (0..classes)
-                    .map(|c| {
-                        let tc = smoothed(problem, t[problem.layout().index(i, c)]);
-                        weight(problem, c) * tc * (lse - x[c])
-                    })
-                    .sum(),
+                TargetData::Probs(_) => {
+                    let t = smoothed_targets(problem, &s, i);
+                    formula::prob_loss(&row_stats(problem, &s, &x, t.as_deref(), None))
+                }
             }
         })
         .collect()
@@ -98,13 +119,7 @@ pub fn position_losses_f64(problem: &Problem<'_>, logits: &[f64]) -> Vec<f64> {
 
 /// The denominator of `mean`: `Σ_{valid i} w[y_i]` for index targets, `P` for probabilities.
 pub fn mean_denominator(problem: &Problem<'_>) -> f64 {
-    match problem.target() {
-        TargetData::Indices(_) => (0..problem.positions())
-            .filter_map(|i| valid_index(problem, i))
-            .map(|y| weight(problem, y))
-            .sum(),
-        TargetData::Probs(_) => problem.positions() as f64,
-    }
+    formula::denominator_over(problem, 0..problem.positions())
 }
 
 /// The reduced loss in `f64` ([`Problem::loss_len`] values).
@@ -112,8 +127,11 @@ pub fn forward_f64(problem: &Problem<'_>, logits: &[f64]) -> Vec<f64> {
     let losses = position_losses_f64(problem, logits);
     match problem.reduction() {
         Reduction::None => losses,
-        Reduction::Sum => vec![losses.iter().sum()],
-        Reduction::Mean => vec![losses.iter().sum::<f64>() / mean_denominator(problem)],
+        r => vec![formula::reduce(
+            r,
+            losses.iter().sum(),
+            mean_denominator(problem),
+        )],
     }
 }
 
@@ -126,46 +144,45 @@ pub fn backward_f64(problem: &Problem<'_>, logits: &[f64], grad_output: &[f64]) 
     assert_eq!(logits.len(), problem.logits().len());
     assert_eq!(grad_output.len(), problem.loss_len());
     let layout = problem.layout();
-    let classes = problem.classes();
-    let eps = f64::from(problem.label_smoothing());
-    let total_weight: f64 = (0..classes).map(|c| weight(problem, c)).sum();
+    let s = Scalars::of(problem);
     let denominator = mean_denominator(problem);
     let mut grad = vec![0.0; logits.len()];
     for i in 0..problem.positions() {
+        // `s_i` as `formula::grad_scale` defines it, in f64.
         let scale = match problem.reduction() {
             Reduction::None => grad_output[i],
             Reduction::Sum => grad_output[0],
             Reduction::Mean => grad_output[0] / denominator,
         };
         let x = row(problem, logits, i);
-        let lse = log_sum_exp(&x);
-        let p = |c: usize| (x[c] - lse).exp();
-        match problem.target() {
-            TargetData::Indices(_) => {
-                // Ignored positions keep an exact zero, whatever the scale.
-                let Some(y) = valid_index(problem, i) else {
-                    continue;
-                };
-                let wy = weight(problem, y);
-                for c in 0..classes {
-                    let onehot = if c == y { 1.0 } else { 0.0 };
-                    let mut g = (1.0 - eps) * wy * (p(c) - onehot);
-                    if eps > 0.0 {
-                        g += eps / classes as f64 * (total_weight * p(c) - weight(problem, c));
-                    }
-                    grad[layout.index(i, c)] = scale * g;
+        let y = valid_index(problem, i);
+        if matches!(problem.target(), TargetData::Indices(_)) && y.is_none() {
+            // Ignored positions keep an exact zero, whatever the scale.
+            continue;
+        }
+        let t = smoothed_targets(problem, &s, i);
+        let r = row_stats(problem, &s, &x, t.as_deref(), y);
+        let lse = r.lse();
+        for c in 0..layout.classes {
+            let p = (x[c] - lse).exp();
+            grad[layout.index(i, c)] = match (y, &t) {
+                (Some(y), _) => formula::index_grad(
+                    &s,
+                    scale,
+                    p,
+                    weight(problem, c),
+                    weight(problem, y),
+                    c == y,
+                ),
+                (None, Some(_)) => {
+                    let raw = match problem.target() {
+                        TargetData::Probs(t) => f64::from(t[layout.index(i, c)]),
+                        TargetData::Indices(_) => 0.0,
+                    };
+                    formula::prob_grad(&s, scale, p, weight(problem, c), raw, r.mass)
                 }
-            }
-            TargetData::Probs(t) => {
-                let tprime: Vec<f64> = (0..classes)
-                    .map(|c| smoothed(problem, t[layout.index(i, c)]))
-                    .collect();
-                let mass: f64 = (0..classes).map(|k| weight(problem, k) * tprime[k]).sum();
-                for c in 0..classes {
-                    grad[layout.index(i, c)] =
-                        scale * (p(c) * mass - weight(problem, c) * tprime[c]);
-                }
-            }
+                (None, None) => 0.0,
+            };
         }
     }
     grad

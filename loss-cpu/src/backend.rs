@@ -21,7 +21,7 @@ impl CpuBackend {
     /// `logits`, `shape`, `target` and `options` are as for [`Problem::new`], and are validated
     /// the same way (nothing is written on error); `grad_output` and `loss` have
     /// [`Problem::loss_len`] values. The result equals [`LossBackend::forward_backward_into`]'s
-    /// bit for bit.
+    /// bit for bit, but for the payload of a NaN (the two are compiled separately).
     pub fn forward_backward_in_place(
         &self,
         logits: &mut [f32],

@@ -37,14 +37,17 @@
 
 use core::ops::Range;
 
+use loss_core::formula::{self, IndexCoefficients, RowStats, Scalars};
 use loss_core::{Layout, LossOptions, Problem, Reduction, TargetData};
 use pulp::{Arch, Simd, WithSimd};
 
 mod simd;
 mod units;
 
-use simd::{NoTerm, grad_row, row_lse};
-use units::UnitOp;
+use simd::{
+    Extras, NoTerm, ProbTerm, SmoothTerm, Term, grad_row, prob_sums, row_lse, weighted_sum,
+};
+use units::{Forward, Fused, InPlace, Mode, UnitOp};
 
 /// Positions per deterministic unit (see the [module docs](self)).
 pub const BLOCK: usize = 256;
@@ -123,21 +126,15 @@ impl LseState {
         }
     }
 
-    /// `LSE` and `ln sum` with one `ln` (which costs as much as a short row's other work).
-    fn row(self) -> RowLse {
-        let ln_sum = self.ln_sum();
-        RowLse {
-            lse: f64::from(self.max) + ln_sum,
-            ln_sum,
+    /// The row's [`RowStats`] with its one `ln` (which costs as much as a short row's other
+    /// work); the target logit and the extra sums are filled in by the caller.
+    pub fn stats(self) -> RowStats {
+        RowStats {
+            max: f64::from(self.max),
+            ln_sum: self.ln_sum(),
+            ..RowStats::default()
         }
     }
-}
-
-/// A row's log-sum-exp, evaluated once: `lse` and `ln_sum = lse − max`.
-#[derive(Debug, Clone, Copy)]
-struct RowLse {
-    lse: f64,
-    ln_sum: f64,
 }
 
 /// The point the sums are taken relative to: the max, or 0 while the max is `−∞`.
@@ -188,7 +185,8 @@ impl WithSimd for SoftmaxOp<'_> {
     }
 }
 
-/// Label smoothing as the kernels use it: `t' = keep·t + spread`.
+/// Label smoothing in the `f32` the vector loops use: [`formula::Smoothing`]'s `keep` and
+/// `spread`, rounded once.
 #[derive(Debug, Clone, Copy)]
 struct Smoothing {
     /// `1 − ε`.
@@ -197,24 +195,7 @@ struct Smoothing {
     spread: f32,
 }
 
-/// The upstream gradient as the kernels see it: `s_i` of [the gradient](loss_core#the-gradient).
-#[derive(Debug, Clone, Copy)]
-pub enum GradScale<'g> {
-    /// One `s` for every position (sum: `g`; mean: `g / D`).
-    Uniform(f32),
-    /// `s_i = g_i` (reduction none): the whole upstream gradient, indexed by global position.
-    PerPosition(&'g [f32]),
-}
-
-impl GradScale<'_> {
-    #[inline(always)]
-    fn at(&self, position: usize) -> f32 {
-        match *self {
-            GradScale::Uniform(s) => s,
-            GradScale::PerPosition(g) => g[position],
-        }
-    }
-}
+pub use loss_core::formula::GradScale;
 
 /// Everything about a problem the kernels need, computed once per call (`W = Σ w`, the unit
 /// geometry, the instruction set). Holds no logits, so the same plan serves out-of-place and
@@ -226,8 +207,7 @@ pub struct Plan<'a> {
     weight: Option<&'a [f32]>,
     ignore_index: i64,
     reduction: Reduction,
-    eps: f32,
-    total_weight: f64,
+    scalars: Scalars,
     rows_per_unit: usize,
     arch: Arch,
 }
@@ -235,16 +215,7 @@ pub struct Plan<'a> {
 impl<'a> Plan<'a> {
     /// The plan of a validated problem.
     pub fn new(problem: &Problem<'a>) -> Self {
-        Self::from_parts(
-            problem.layout(),
-            problem.target(),
-            LossOptions {
-                weight: problem.weight(),
-                ignore_index: problem.ignore_index(),
-                reduction: problem.reduction(),
-                label_smoothing: problem.label_smoothing(),
-            },
-        )
+        Self::from_parts(problem.layout(), problem.target(), problem.options())
     }
 
     /// The plan from the parts of a problem that [`Problem::new`] accepted (its layout, target
@@ -252,22 +223,13 @@ impl<'a> Plan<'a> {
     /// the logits. Parts that were not validated may make the kernels panic (out-of-range
     /// indices), never read out of bounds.
     pub fn from_parts(layout: Layout, target: TargetData<'a>, options: LossOptions<'a>) -> Self {
-        // W only enters through the smoothing term. Without smoothing it is left at 0: a serial
-        // f64 sum over C weights per call cost more than the row itself for one 128K-class row
-        // (measured 0.70 → 2.3 G logits/s), and 0·W must not turn an infinite weight into NaN.
-        let total_weight = match options.weight {
-            _ if options.label_smoothing <= 0.0 => 0.0,
-            Some(w) => w.iter().map(|&v| f64::from(v)).sum(),
-            None => layout.classes as f64,
-        };
         Plan {
             layout,
             target,
             weight: options.weight,
             ignore_index: options.ignore_index,
             reduction: options.reduction,
-            eps: options.label_smoothing,
-            total_weight,
+            scalars: Scalars::new(options.weight, layout.classes, options.label_smoothing),
             rows_per_unit: (BLOCK / layout.inner.max(1))
                 .min(UNIT_LOGITS / (layout.classes * layout.inner).max(1))
                 .max(1),
@@ -312,18 +274,12 @@ impl<'a> Plan<'a> {
         rows.start * row..rows.end * row
     }
 
-    /// The mean's denominator over a unit's positions: `Σ w[y_i]` over the valid ones (index
-    /// targets) or their count (probabilities).
+    /// The mean's denominator over a unit's positions ([`formula::denominator_term`] added in
+    /// position order).
     pub fn denominator_partial(&self, unit: usize) -> f64 {
-        let positions = self.unit_positions(unit);
-        match self.target {
-            TargetData::Indices(y) => y[positions]
-                .iter()
-                .filter(|&&t| t != self.ignore_index)
-                .map(|&t| f64::from(self.class_weight(t as usize)))
-                .sum(),
-            TargetData::Probs(_) => positions.len() as f64,
-        }
+        self.unit_positions(unit).fold(0.0, |acc, i| {
+            acc + formula::denominator_term_of(self.target, self.ignore_index, self.weight, i)
+        })
     }
 
     /// `D` of the mean: the unit partials added in unit order.
@@ -334,10 +290,7 @@ impl<'a> Plan<'a> {
     /// The reduced loss from the total of the unit partials (in unit order) and, for `mean`, `D`
     /// (ignored otherwise). Meaningless for `none`, whose losses the units write themselves.
     pub fn reduce(&self, total: f64, denominator: f64) -> f32 {
-        match self.reduction {
-            Reduction::Mean => (total / denominator) as f32,
-            Reduction::Sum | Reduction::None => total as f32,
-        }
+        formula::reduce(self.reduction, total, denominator) as f32
     }
 
     /// The scale of the gradient for an upstream gradient; `denominator` is `D` (used for `mean`
@@ -347,11 +300,7 @@ impl<'a> Plan<'a> {
     /// When `grad_output` is empty for `sum` or `mean` (validated callers pass
     /// [`Problem::loss_len`] values).
     pub fn grad_scale<'g>(&self, grad_output: &'g [f32], denominator: f64) -> GradScale<'g> {
-        match self.reduction {
-            Reduction::None => GradScale::PerPosition(grad_output),
-            Reduction::Sum => GradScale::Uniform(grad_output[0]),
-            Reduction::Mean => GradScale::Uniform((f64::from(grad_output[0]) / denominator) as f32),
-        }
+        formula::grad_scale(self.reduction, grad_output, denominator)
     }
 
     /// The losses of one unit: returns their sum (an `f64` partial, in position order) and, when
@@ -364,8 +313,7 @@ impl<'a> Plan<'a> {
         self.run(UnitOp {
             plan: self,
             unit,
-            src: Some(logits),
-            dst: None,
+            mode: Forward(logits),
             scale: GradScale::Uniform(0.0),
             losses,
         })
@@ -387,8 +335,7 @@ impl<'a> Plan<'a> {
         self.run(UnitOp {
             plan: self,
             unit,
-            src: Some(logits),
-            dst: Some(grad),
+            mode: Fused { logits, grad },
             scale,
             losses,
         })
@@ -409,21 +356,21 @@ impl<'a> Plan<'a> {
         self.run(UnitOp {
             plan: self,
             unit,
-            src: None,
-            dst: Some(logits_grad),
+            mode: InPlace(logits_grad),
             scale,
             losses,
         })
     }
 
-    fn run(&self, op: UnitOp<'_, '_, '_>) -> f64 {
+    fn run<M: Mode>(&self, mut op: UnitOp<'_, '_, '_, M>) -> f64 {
         let span = self.unit_logits(op.unit).len();
-        let len = op
-            .src
-            .map_or_else(|| op.dst.as_ref().map_or(0, |d| d.len()), <[f32]>::len);
-        assert_eq!(len, span, "logits are not the unit's span");
-        if let Some(d) = &op.dst {
-            assert_eq!(d.len(), span, "grad is not the unit's span");
+        assert_eq!(
+            op.mode.logits().len(),
+            span,
+            "logits are not the unit's span"
+        );
+        if M::GRAD {
+            assert_eq!(op.mode.parts().1.len(), span, "grad is not the unit's span");
         }
         if let Some(l) = &op.losses {
             assert_eq!(l.len(), self.unit_positions(op.unit).len(), "losses length");
@@ -436,95 +383,325 @@ impl<'a> Plan<'a> {
         self.weight.map_or(1.0, |w| w[c])
     }
 
+    /// The formula scalars of the problem (`W`, the smoothing).
+    pub fn scalars(&self) -> &Scalars {
+        &self.scalars
+    }
+
     fn smoothing(&self) -> Smoothing {
-        let classes = self.layout.classes as f32;
+        let sm = self.scalars.smoothing;
         Smoothing {
-            keep: 1.0 - self.eps,
-            spread: self.eps / classes,
+            keep: sm.keep as f32,
+            spread: sm.spread as f32,
         }
     }
 
-    /// `L_i` of a valid index-target position, from the row's state and `wx = Σ_c w[c]·(x[c] −
-    /// max)` (used when `ε > 0`): the smoothing term `Σ w·(LSE − x) = W·ln sum − wx` has no
-    /// common offset left to cancel.
+    /// Whether label smoothing is on (then the kernels gather `Σ w·(x − max)` too).
     #[inline(always)]
-    fn index_loss(&self, r: RowLse, x_y: f32, y: usize, wx: f64) -> f64 {
-        let eps = f64::from(self.eps);
-        let nll = (1.0 - eps) * f64::from(self.class_weight(y)) * (r.lse - f64::from(x_y));
-        if self.eps > 0.0 {
-            nll + eps / self.layout.classes as f64 * (self.total_weight * r.ln_sum - wx)
-        } else {
-            nll
-        }
+    fn smoothed(&self) -> bool {
+        self.scalars.smoothing.is_on()
     }
 
-    /// `L_i` of a probability-target position from the row's state, `mass = Σ w·t'` and
-    /// `dot = Σ w·t'·(x − max)`: `Σ w·t'·(LSE − x) = mass·ln sum − dot`.
+    /// `L_i` of a valid index-target position ([`formula::index_loss`]) from its row state, its
+    /// target logit and `wx = Σ_c w[c]·(x[c] − max)` (read only with smoothing).
     #[inline(always)]
-    fn prob_loss(r: RowLse, mass: f64, dot: f64) -> f64 {
-        mass * r.ln_sum - dot
+    fn index_loss(&self, r: RowStats, x_y: f32, y: usize, wx: f64) -> f64 {
+        let r = RowStats {
+            x_target: f64::from(x_y),
+            weighted: wx,
+            ..r
+        };
+        formula::index_loss(&self.scalars, f64::from(self.class_weight(y)), &r)
     }
 
-    /// `(a, b, fix)`: the gradient of a valid index-target position is `a·p[c] − b·w[c]`, minus
-    /// `fix` at the target class.
+    /// `L_i` of a probability-target position ([`formula::prob_loss`]) from its row state,
+    /// `mass = Σ w·t'` and `dot = Σ w·t'·(x − max)`.
+    #[inline(always)]
+    fn prob_loss(r: RowStats, mass: f64, dot: f64) -> f64 {
+        formula::prob_loss(&RowStats {
+            mass,
+            weighted: dot,
+            ..r
+        })
+    }
+
+    /// `(a, b, fix)` of [`formula::index_coefficients`] in `f32`: the gradient of a valid
+    /// index-target position is `a·p[c] − b·w[c]`, minus `fix` at the target class.
     #[inline(always)]
     fn index_coefficients(&self, s: f32, y: usize) -> (f32, f32, f32) {
-        let s = f64::from(s);
-        let eps = f64::from(self.eps);
-        let nll = (1.0 - eps) * f64::from(self.class_weight(y));
-        let spread = eps / self.layout.classes as f64;
-        (
-            (s * (nll + spread * self.total_weight)) as f32,
-            (s * spread) as f32,
-            (s * nll) as f32,
-        )
+        let IndexCoefficients { a, b, fix } = formula::index_coefficients(
+            &self.scalars,
+            f64::from(s),
+            f64::from(self.class_weight(y)),
+        );
+        (a as f32, b as f32, fix as f32)
     }
 
-    /// The gradient of one position, evaluated as the reference does, in `f64`: for a
-    /// non-finite scale (a mean over `D = 0`, or a non-finite upstream gradient), where the
-    /// factored form of the fast path would turn `±∞` into NaN.
+    /// The gradient of one position element by element in `f64` ([`formula::index_grad`],
+    /// [`formula::prob_grad`]): for a non-finite scale (a mean over `D = 0`, or a non-finite
+    /// upstream gradient), where the factored form of the fast path would turn `±∞` into NaN.
+    /// `at` says where the position's classes lie in `src`/`dst` (and `probs`).
     #[allow(clippy::too_many_arguments)] // one strided position: every argument is a coordinate
     fn slow_position(
         &self,
         src: Option<&[f32]>,
         dst: &mut [f32],
         probs: Option<&[f32]>,
-        base: usize,
-        stride: usize,
+        at: Strided,
         lse: f64,
         s: f32,
         y: Option<usize>,
         mass: f64,
     ) {
         let s = f64::from(s);
-        let eps = f64::from(self.eps);
-        let classes = self.layout.classes;
-        for c in 0..classes {
-            let i = base + c * stride;
+        for k in 0..at.classes {
+            let c = at.first_class + k;
+            let i = at.base + k * at.stride;
             let x = f64::from(src.map_or(dst[i], |x| x[i]));
             let p = (x - lse).exp();
             let w = f64::from(self.class_weight(c));
             let g = match (probs, y) {
-                (Some(t), _) => {
-                    let t = f64::from(t[i]);
-                    let tp = if eps > 0.0 {
-                        (1.0 - eps) * t + eps / classes as f64
-                    } else {
-                        t
-                    };
-                    p * mass - w * tp
-                }
+                (Some(t), _) => formula::prob_grad(&self.scalars, s, p, w, f64::from(t[i]), mass),
                 (None, Some(y)) => {
-                    let onehot = if c == y { 1.0 } else { 0.0 };
-                    let mut g = (1.0 - eps) * f64::from(self.class_weight(y)) * (p - onehot);
-                    if eps > 0.0 {
-                        g += eps / classes as f64 * (self.total_weight * p - w);
-                    }
-                    g
+                    let w_y = f64::from(self.class_weight(y));
+                    formula::index_grad(&self.scalars, s, p, w, w_y, c == y)
                 }
                 (None, None) => 0.0,
             };
-            dst[i] = (s * g) as f32;
+            dst[i] = g as f32;
+        }
+    }
+
+    /// The [`RowPartial`] of classes `c0..c0 + x.len()` of `position`'s row (contiguous rows
+    /// only: `inner = 1`), whose logits are `x`.
+    pub fn chunk_partial(&self, position: usize, c0: usize, x: &[f32]) -> RowPartial {
+        let classes = self.layout.classes;
+        let span = c0..c0 + x.len();
+        let extras = match self.target {
+            TargetData::Probs(t) => Extras::Probs {
+                t: &t[position * classes + span.start..position * classes + span.end],
+                w: self.weight.map(|w| &w[span]),
+                smooth: self.smoothing(),
+            },
+            TargetData::Indices(_) if self.smoothed() => {
+                Extras::WeightedSum(self.weight.map(|w| &w[span]))
+            }
+            TargetData::Indices(_) => Extras::Nothing,
+        };
+        self.arch.dispatch(ChunkPartialOp { x, extras })
+    }
+
+    /// The loss of `position` from the merged [`RowPartial`] of its whole row (`row` is the
+    /// row's logits, for the target's).
+    pub fn partial_loss(&self, position: usize, row: &[f32], p: RowPartial) -> f64 {
+        let r = p.lse.stats();
+        match self.target {
+            TargetData::Indices(y) => match formula::valid_class(y[position], self.ignore_index) {
+                None => 0.0,
+                Some(y) => self.index_loss(r, row[y], y, p.weighted),
+            },
+            TargetData::Probs(_) => Self::prob_loss(r, p.weight, p.weighted),
+        }
+    }
+
+    /// The gradient of classes `c0..c0 + x.len()` of `position`'s row into `out`, from the
+    /// merged [`RowPartial`] of the whole row and the position's scale `s`.
+    pub fn chunk_grad(
+        &self,
+        position: usize,
+        c0: usize,
+        x: &[f32],
+        p: RowPartial,
+        s: f32,
+        out: &mut [f32],
+    ) {
+        let classes = self.layout.classes;
+        let span = c0..c0 + x.len();
+        let lse = p.lse.log_sum_exp();
+        let at = Strided {
+            base: 0,
+            stride: 1,
+            first_class: c0,
+            classes: x.len(),
+        };
+        let fast = s.is_finite() && lse.is_finite() && p.lse.sum.is_finite();
+        let weight = self.weight.map(|w| &w[span.clone()]);
+        match self.target {
+            TargetData::Indices(y) => {
+                let Some(y) = formula::valid_class(y[position], self.ignore_index) else {
+                    out.fill(0.0);
+                    return;
+                };
+                if !fast {
+                    self.slow_position(Some(x), out, None, at, lse, s, Some(y), 0.0);
+                    return;
+                }
+                let (a, b, fix) = self.index_coefficients(s, y);
+                // a·exp(x − LSE) = (a / sum)·exp(x − max): the max is exact in f32, LSE is not.
+                let a = (f64::from(a) / p.lse.sum) as f32;
+                let term = self.smoothed().then_some(SmoothTerm { b, w: weight });
+                self.arch.dispatch(ChunkGradOp {
+                    x,
+                    out,
+                    max: p.lse.max,
+                    a,
+                    term,
+                    probs: None,
+                });
+                if span.contains(&y) {
+                    out[y - c0] -= fix;
+                }
+            }
+            TargetData::Probs(t) => {
+                let t = &t[position * classes + span.start..position * classes + span.end];
+                if !fast || !p.weight.is_finite() {
+                    self.slow_position(Some(x), out, Some(t), at, lse, s, None, p.weight);
+                    return;
+                }
+                let a = (formula::prob_coefficient(f64::from(s), p.weight) / p.lse.sum) as f32;
+                let term = ProbTerm {
+                    s,
+                    t,
+                    w: weight,
+                    smooth: self.smoothing(),
+                };
+                self.arch.dispatch(ChunkGradOp::<SmoothTerm<'_>> {
+                    x,
+                    out,
+                    max: p.lse.max,
+                    a,
+                    term: None,
+                    probs: Some(term),
+                });
+            }
+        }
+    }
+}
+
+/// Where one position's classes lie in a buffer: class `first_class + k` at `base + k·stride`.
+#[derive(Debug, Clone, Copy)]
+struct Strided {
+    base: usize,
+    stride: usize,
+    first_class: usize,
+    classes: usize,
+}
+
+impl Strided {
+    /// A whole contiguous row of `classes` logits.
+    fn row(classes: usize) -> Self {
+        Strided {
+            base: 0,
+            stride: 1,
+            first_class: 0,
+            classes,
+        }
+    }
+
+    /// A whole K-dimensional position: its classes `stride` apart from `base`.
+    fn column(base: usize, stride: usize, classes: usize) -> Self {
+        Strided {
+            base,
+            stride,
+            first_class: 0,
+            classes,
+        }
+    }
+}
+
+/// The mergeable partial state of part of a row (a chunk of its classes): its [`LseState`],
+/// `weighted = Σ w·(x − m)` (index targets with smoothing) or `Σ w·t'·(x − m)` (probability
+/// targets), and `weight = Σ w` or `Σ w·t'` — both relative to the part's max `m` (0 while it is
+/// −∞), so that a large common offset of the logits cancels exactly.
+///
+/// Partials of disjoint parts [`merge`](RowPartial::merge) exactly into the partial of their
+/// union, so a row's classes can be split across threads, devices or processes: each shard
+/// computes its partial ([`Plan::chunk_partial`]), the partials are merged in a fixed order, and
+/// each shard writes its part of the gradient from the merged state ([`Plan::chunk_grad`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowPartial {
+    /// The part's log-sum-exp state.
+    pub lse: LseState,
+    /// `Σ w·(x − m)` or `Σ w·t'·(x − m)`.
+    pub weighted: f64,
+    /// `Σ w` or `Σ w·t'`.
+    pub weight: f64,
+}
+
+impl RowPartial {
+    /// The partial of no classes.
+    pub const EMPTY: RowPartial = RowPartial {
+        lse: LseState::EMPTY,
+        weighted: 0.0,
+        weight: 0.0,
+    };
+
+    /// The partial of the union of two disjoint parts: the LSE states merge, and each weighted
+    /// sum moves from its own max to the merged one (`Σ w·(x − m₁) = Σ w·(x − m) + (m − m₁)·Σ w`).
+    pub fn merge(self, other: RowPartial) -> RowPartial {
+        let lse = self.lse.merge(other.lse);
+        let to = f64::from(origin(lse.max));
+        let rebase = |p: RowPartial| {
+            let shift = f64::from(origin(p.lse.max)) - to;
+            if shift == 0.0 {
+                p.weighted
+            } else {
+                p.weighted + shift * p.weight
+            }
+        };
+        RowPartial {
+            lse,
+            weighted: rebase(self) + rebase(other),
+            weight: self.weight + other.weight,
+        }
+    }
+}
+
+struct ChunkPartialOp<'a> {
+    x: &'a [f32],
+    extras: Extras<'a>,
+}
+
+impl WithSimd for ChunkPartialOp<'_> {
+    type Output = RowPartial;
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> RowPartial {
+        let lse = row_lse(simd, self.x);
+        let o = origin(lse.max);
+        let (weighted, weight) = match self.extras {
+            Extras::Nothing => (0.0, 0.0),
+            Extras::WeightedSum(w) => weighted_sum(simd, self.x, w, o),
+            Extras::Probs { t, w, smooth } => {
+                let (mass, dot) = prob_sums(simd, self.x, t, w, smooth, o);
+                (dot, mass)
+            }
+        };
+        RowPartial {
+            lse,
+            weighted,
+            weight,
+        }
+    }
+}
+
+struct ChunkGradOp<'a, T> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+    max: f32,
+    a: f32,
+    term: Option<T>,
+    probs: Option<ProbTerm<'a>>,
+}
+
+impl<T: Term> WithSimd for ChunkGradOp<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let x = Some(self.x);
+        match (&self.term, &self.probs) {
+            (_, Some(p)) => grad_row(simd, x, self.out, self.max, self.a, p),
+            (Some(t), None) => grad_row(simd, x, self.out, self.max, self.a, t),
+            (None, None) => grad_row(simd, x, self.out, self.max, self.a, &NoTerm),
         }
     }
 }

@@ -10,8 +10,13 @@ use crate::NAME;
 
 /// Workgroup size of both shaders (`WG` in the WGSL files).
 pub(crate) const WORKGROUP: u32 = 256;
+/// Values one invocation of the reduction adds (`PER_THREAD` in `reduce.wgsl`).
+const REDUCE_PER_THREAD: u32 = 8;
 /// Values one reduction workgroup adds (`WG * PER_THREAD` in `reduce.wgsl`).
-pub(crate) const REDUCE_BLOCK: u32 = WORKGROUP * 8;
+pub(crate) const REDUCE_BLOCK: u32 = WORKGROUP * REDUCE_PER_THREAD;
+/// The bits an ignored index target is uploaded as (`IGNORED` in `row.wgsl`): validated targets
+/// are below `C`, which fits a `u32` whenever the logits fit a binding.
+pub(crate) const IGNORED: u32 = u32::MAX;
 /// Stride of per-dispatch parameters in the uniform buffers: 256 bytes is a multiple of every
 /// device's `min_uniform_buffer_offset_alignment` (a power of two of at most 256).
 pub(crate) const PARAM_STRIDE: u64 = 256;
@@ -32,11 +37,36 @@ pub(crate) struct RowParams {
 
 /// Bits of [`RowParams::flags`] (`FLAG_*` in `row.wgsl`).
 pub(crate) mod flags {
+    /// Probability targets (else index targets).
     pub const PROBS: u32 = 1;
+    /// Write the per-position loss.
     pub const LOSS: u32 = 2;
+    /// Write the gradient.
     pub const GRAD: u32 = 4;
+    /// The upstream gradient is per position (`none`), else `scale`.
     pub const PER_POSITION: u32 = 8;
+    /// `ε > 0`; with `ε = 0` the smoothing term is left out entirely.
     pub const SMOOTHING: u32 = 16;
+}
+
+/// The constants the shaders share with this file, as WGSL, prepended to each shader's source:
+/// one definition for both sides.
+fn prelude() -> String {
+    format!(
+        "const WG: u32 = {WORKGROUP}u;\n\
+         const PER_THREAD: u32 = {REDUCE_PER_THREAD}u;\n\
+         const IGNORED: u32 = {IGNORED}u;\n\
+         const FLAG_PROBS: u32 = {}u;\n\
+         const FLAG_LOSS: u32 = {}u;\n\
+         const FLAG_GRAD: u32 = {}u;\n\
+         const FLAG_PER_POSITION: u32 = {}u;\n\
+         const FLAG_SMOOTHING: u32 = {}u;\n",
+        flags::PROBS,
+        flags::LOSS,
+        flags::GRAD,
+        flags::PER_POSITION,
+        flags::SMOOTHING
+    )
 }
 
 /// Parameters of one `reduce_sum` dispatch (`Params` in `reduce.wgsl`).
@@ -173,17 +203,22 @@ fn params_entry(size: usize) -> wgpu::BindGroupLayoutEntry {
     }
 }
 
+/// Compiles a shader (the shared [`prelude`] first) once; its entry points become pipelines
+/// through [`pipeline`].
+fn module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::ShaderModule {
+    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(format!("{}{source}", prelude()).into()),
+    })
+}
+
 fn pipeline(
     device: &wgpu::Device,
     label: &str,
-    source: &str,
+    module: &wgpu::ShaderModule,
     entry: &str,
     layout: &wgpu::BindGroupLayout,
 ) -> wgpu::ComputePipeline {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(label),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(label),
         bind_group_layouts: &[Some(layout)],
@@ -192,7 +227,7 @@ fn pipeline(
     device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(label),
         layout: Some(&pipeline_layout),
-        module: &module,
+        module,
         entry_point: Some(entry),
         compilation_options: Default::default(),
         cache: None,
@@ -261,24 +296,20 @@ impl WgpuContext {
                 storage_entry(2, false),
             ],
         });
-        let row_pipeline = pipeline(
-            &device,
-            "row",
-            include_str!("shaders/row.wgsl"),
-            "row_main",
-            &row_layout,
-        );
+        let row_module = module(&device, "row", include_str!("shaders/row.wgsl"));
+        let row_pipeline = pipeline(&device, "row", &row_module, "row_main", &row_layout);
         let serial_pipeline = pipeline(
             &device,
             "row_serial",
-            include_str!("shaders/row.wgsl"),
+            &row_module,
             "row_serial",
             &row_layout,
         );
+        let reduce_module = module(&device, "reduce", include_str!("shaders/reduce.wgsl"));
         let reduce_pipeline = pipeline(
             &device,
             "reduce",
-            include_str!("shaders/reduce.wgsl"),
+            &reduce_module,
             "reduce_sum",
             &reduce_layout,
         );

@@ -8,12 +8,13 @@
 use std::num::NonZeroU64;
 use std::sync::mpsc;
 
+use loss_core::formula::{self, GradScale, Scalars};
 use loss_core::{Layout, LossError, Problem, Reduction, Result, TargetData};
 
 use crate::NAME;
 use crate::context::{
-    PARAM_STRIDE, REDUCE_BLOCK, ReduceParams, RowParams, WORKGROUP, WgpuContext, backend_error,
-    flags,
+    IGNORED, PARAM_STRIDE, REDUCE_BLOCK, ReduceParams, RowParams, WORKGROUP, WgpuContext,
+    backend_error, flags,
 };
 
 /// A buffer that is reallocated only when it must grow.
@@ -256,16 +257,9 @@ impl Workspace {
         let weights: Vec<f32> = problem
             .weight()
             .map_or_else(|| vec![1.0; classes], <[f32]>::to_vec);
-        let total_weight: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        let scalars = Scalars::of(problem);
         let probs = matches!(problem.target(), TargetData::Probs(_));
-        let denominator = match problem.target() {
-            TargetData::Indices(y) => y
-                .iter()
-                .filter(|&&t| t != problem.ignore_index())
-                .map(|&t| f64::from(weights[t as usize]))
-                .sum(),
-            TargetData::Probs(_) => layout.positions() as f64,
-        };
+        let denominator = formula::denominator_over(problem, 0..layout.positions());
 
         let mut stale = self.weights.ensure(ctx, bytes_of(classes), limit);
         ctx.queue
@@ -292,7 +286,7 @@ impl Workspace {
                     let ids: Vec<u32> = y
                         [span.first_position..span.first_position + span.positions]
                         .iter()
-                        .map(|&t| if t == ignore { u32::MAX } else { t as u32 })
+                        .map(|&t| if t == ignore { IGNORED } else { t as u32 })
                         .collect();
                     ctx.queue
                         .write_buffer(&chunk.targets.buffer, 0, bytemuck::cast_slice(&ids));
@@ -334,7 +328,7 @@ impl Workspace {
             spans,
             probs,
             eps: problem.label_smoothing(),
-            total_weight: total_weight as f32,
+            total_weight: scalars.total_weight as f32,
             denominator,
             reduction: problem.reduction(),
         });
@@ -423,12 +417,11 @@ impl Workspace {
         let mut scale = 0.0f32;
         if let Some(g) = grad_output {
             flag_bits |= flags::GRAD;
-            match loaded.reduction {
-                Reduction::None => flag_bits |= flags::PER_POSITION,
-                Reduction::Sum => scale = g[0],
-                // g / D in f64, as the reference: inf or NaN when D = 0, which reaches only
-                // valid positions (ignored ones write an exact 0).
-                Reduction::Mean => scale = (f64::from(g[0]) / loaded.denominator) as f32,
+            // g / D for a mean: inf or NaN when D = 0, which reaches only valid positions
+            // (ignored ones write an exact 0).
+            match formula::grad_scale(loaded.reduction, g, loaded.denominator) {
+                GradScale::PerPosition(_) => flag_bits |= flags::PER_POSITION,
+                GradScale::Uniform(s) => scale = s,
             }
         }
         if loaded.spans.is_empty() {
@@ -599,12 +592,9 @@ impl Workspace {
         read_back(ctx, staging, &mut items)?;
         drop(items);
         if let Some(loss) = reduced {
-            loss[0] = if loaded.reduction == Reduction::Mean {
-                // 0/0 = NaN for D = 0, as the specification asks.
-                (f64::from(total[0]) / loaded.denominator) as f32
-            } else {
-                total[0]
-            };
+            // 0/0 = NaN for a mean over D = 0, as the specification asks.
+            loss[0] =
+                formula::reduce(loaded.reduction, f64::from(total[0]), loaded.denominator) as f32;
         }
         Ok(())
     }

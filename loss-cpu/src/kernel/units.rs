@@ -1,13 +1,12 @@
 //! The kernels' loops over one unit: contiguous rows (short rows as lanes, longer ones row by
 //! row) and K-dimensional tiles (positions as lanes).
 
-use core::ops::Range;
-
+use loss_core::formula;
 use loss_core::{Layout, TargetData};
 use pulp::{Simd, WithSimd};
 
 use super::simd::*;
-use super::{CHUNK, FOLD, GradScale, LseState, MAX_LANES, Plan, Smoothing, origin};
+use super::{CHUNK, FOLD, GradScale, LseState, MAX_LANES, Plan, Smoothing, Strided, origin};
 use crate::exp::exp_shifted;
 
 /// Rows of at most this many classes (index targets) take the rows-as-lanes path.
@@ -46,17 +45,76 @@ impl RowInfo {
     };
 }
 
-/// One unit's work: forward (`dst = None`), fused (`src`, `dst`), or in place (`src = None`).
-pub(super) struct UnitOp<'p, 'a, 'b> {
+/// What a unit's pass does with its logits. The modes are types, so that each is compiled on its
+/// own and the loops test a constant, not an `Option`.
+pub(super) trait Mode {
+    /// Whether a gradient is written.
+    const GRAD: bool;
+    /// The logits to read (in place: the buffer that will hold the gradient).
+    fn logits(&self) -> &[f32];
+    /// The logits and the gradient buffer at once: `(Some(x), g)` out of place, `(None, g)` in
+    /// place (each logit is read from `g` before it is overwritten), `(Some(x), [])` forward.
+    fn parts(&mut self) -> (Option<&[f32]>, &mut [f32]);
+}
+
+/// The loss only.
+pub(super) struct Forward<'b>(pub(super) &'b [f32]);
+
+/// Loss and gradient into a separate buffer.
+pub(super) struct Fused<'b> {
+    pub(super) logits: &'b [f32],
+    pub(super) grad: &'b mut [f32],
+}
+
+/// Loss and gradient, the gradient written over the logits.
+pub(super) struct InPlace<'b>(pub(super) &'b mut [f32]);
+
+impl Mode for Forward<'_> {
+    const GRAD: bool = false;
+    #[inline(always)]
+    fn logits(&self) -> &[f32] {
+        self.0
+    }
+    #[inline(always)]
+    fn parts(&mut self) -> (Option<&[f32]>, &mut [f32]) {
+        (Some(self.0), &mut [])
+    }
+}
+
+impl Mode for Fused<'_> {
+    const GRAD: bool = true;
+    #[inline(always)]
+    fn logits(&self) -> &[f32] {
+        self.logits
+    }
+    #[inline(always)]
+    fn parts(&mut self) -> (Option<&[f32]>, &mut [f32]) {
+        (Some(self.logits), self.grad)
+    }
+}
+
+impl Mode for InPlace<'_> {
+    const GRAD: bool = true;
+    #[inline(always)]
+    fn logits(&self) -> &[f32] {
+        self.0
+    }
+    #[inline(always)]
+    fn parts(&mut self) -> (Option<&[f32]>, &mut [f32]) {
+        (None, self.0)
+    }
+}
+
+/// One unit's work in one mode.
+pub(super) struct UnitOp<'p, 'a, 'b, M> {
     pub(super) plan: &'p Plan<'a>,
     pub(super) unit: usize,
-    pub(super) src: Option<&'b [f32]>,
-    pub(super) dst: Option<&'b mut [f32]>,
+    pub(super) mode: M,
     pub(super) scale: GradScale<'b>,
     pub(super) losses: Option<&'b mut [f32]>,
 }
 
-impl WithSimd for UnitOp<'_, '_, '_> {
+impl<M: Mode> WithSimd for UnitOp<'_, '_, '_, M> {
     type Output = f64;
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> f64 {
@@ -68,7 +126,7 @@ impl WithSimd for UnitOp<'_, '_, '_> {
     }
 }
 
-impl UnitOp<'_, '_, '_> {
+impl<M: Mode> UnitOp<'_, '_, '_, M> {
     /// Contiguous rows (`inner = 1`): one row per position.
     #[inline(always)]
     fn rows<S: Simd>(self, simd: S) -> f64 {
@@ -102,10 +160,7 @@ impl UnitOp<'_, '_, '_> {
             // Transpose in: xt[c·lanes + j] = x[(r0 + j)·C + c]. Lanes past `width` keep stale
             // values, which only ever reach lanes nobody reads.
             {
-                let x: &[f32] = match self.src {
-                    Some(x) => x,
-                    None => self.dst.as_deref().unwrap_or(&[]),
-                };
+                let x = self.mode.logits();
                 for j in 0..width {
                     let row = &x[(r0 + j) * classes..(r0 + j + 1) * classes];
                     for (c, &v) in row.iter().enumerate() {
@@ -126,7 +181,7 @@ impl UnitOp<'_, '_, '_> {
                 let e = exp_shifted(simd, simd.sub_f32s(v, o));
                 S::as_mut_simd_f32s(&mut et[c * lanes..(c + 1) * lanes]).0[0] = e;
                 sum = simd.add_f32s(sum, e);
-                if plan.eps > 0.0 {
+                if plan.smoothed() {
                     // Relative to the max: see `weighted_sum`.
                     let d = simd.sub_f32s(v, o);
                     wx = simd.mul_add_e_f32s(simd.splat_f32s(plan.class_weight(c)), d, wx);
@@ -148,12 +203,13 @@ impl UnitOp<'_, '_, '_> {
                     max: m[j],
                     sum: f64::from(sum[j]),
                 };
-                let r = state.row();
-                lse[j] = r.lse;
+                let r = state.stats();
+                lse[j] = r.lse();
                 let x_y = xt[ys[j] * lanes + j];
                 losses[j] = plan.index_loss(r, x_y, ys[j], f64::from(wx[j]));
             }
-            if let Some(dst) = self.dst.as_deref_mut() {
+            if M::GRAD {
+                let (src_all, dst) = self.mode.parts();
                 // Per-lane coefficients: g = a·e − b·w[c], minus `fix` at the target.
                 let mut a = [0.0f32; MAX_LANES];
                 let mut b = [0.0f32; MAX_LANES];
@@ -182,7 +238,7 @@ impl UnitOp<'_, '_, '_> {
                 for c in 0..classes {
                     let e = load::<S>(&et, c * lanes);
                     let mut g = simd.mul_f32s(av, e);
-                    if plan.eps > 0.0 {
+                    if plan.smoothed() {
                         g = simd.mul_add_e_f32s(bv, simd.splat_f32s(plan.class_weight(c)), g);
                     }
                     S::as_mut_simd_f32s(&mut et[c * lanes..(c + 1) * lanes]).0[0] = g;
@@ -192,13 +248,12 @@ impl UnitOp<'_, '_, '_> {
                     let span = (r0 + j) * classes..(r0 + j + 1) * classes;
                     if slow[j] {
                         let s = self.scale.at(first + r0 + j);
-                        let src = self.src.map(|x| &x[span.clone()]);
+                        let src = src_all.map(|x| &x[span.clone()]);
                         plan.slow_position(
                             src,
                             &mut dst[span],
                             None,
-                            0,
-                            1,
+                            Strided::row(classes),
                             lse[j],
                             s,
                             Some(ys[j]),
@@ -243,30 +298,31 @@ impl UnitOp<'_, '_, '_> {
         let mut maxes = [0.0f32; MAX_CHUNKS];
         let mut info = [RowInfo::EMPTY; GROUP];
         let mut total = 0.0f64;
+        let (src_all, dst_all) = self.mode.parts();
         let mut g0 = 0;
         while g0 < rows {
             let g1 = (g0 + group).min(rows);
             for k in g0..g1 {
                 let position = first + k;
                 let span = k * classes..(k + 1) * classes;
-                let src = self.src.map(|x| &x[span.clone()]);
+                let src = src_all.map(|x| &x[span.clone()]);
                 let slot = (k - g0) * slots;
                 let row = &mut info[k - g0];
                 *row = RowInfo::EMPTY;
                 row.s = self.scale.at(position);
-                row.fast = self.dst.is_some() && row.s.is_finite() && classes <= MAX_CHUNKS * CHUNK;
+                row.fast = M::GRAD && row.s.is_finite() && classes <= MAX_CHUNKS * CHUNK;
                 let extras = match plan.target {
                     TargetData::Indices(targets) => {
                         let t = targets[position];
                         if t == plan.ignore_index {
-                            if let Some(dst) = self.dst.as_deref_mut() {
-                                dst[span].fill(0.0);
+                            if M::GRAD {
+                                dst_all[span].fill(0.0);
                             }
                             row.done = Some(0.0);
                             continue;
                         }
                         row.y = t as usize;
-                        if plan.eps > 0.0 {
+                        if plan.smoothed() {
                             Extras::WeightedSum(plan.weight)
                         } else {
                             Extras::Nothing
@@ -279,11 +335,11 @@ impl UnitOp<'_, '_, '_> {
                     },
                 };
                 if row.fast {
-                    let g = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
+                    let g = &mut dst_all[span];
                     row.x_y = src.map_or(g[row.y], |x| x[row.y]);
                     (row.state, row.e1, row.e2) =
                         fused_row_first(simd, src, g, &mut maxes[slot..], extras);
-                } else if self.dst.is_none() {
+                } else if !M::GRAD {
                     let x = src.unwrap_or(&[]);
                     row.x_y = x[row.y];
                     row.state = row_lse(simd, x);
@@ -299,9 +355,10 @@ impl UnitOp<'_, '_, '_> {
                     }
                 } else {
                     let (y, s) = (row.y, row.s);
+                    let g = &mut dst_all[span];
                     row.done = Some(match extras {
-                        Extras::Probs { t, .. } => self.prob_row(simd, src, span, t, s, smooth),
-                        _ => self.index_row(simd, src, span, y, s),
+                        Extras::Probs { t, .. } => Self::prob_row(plan, simd, src, g, t, s, smooth),
+                        _ => Self::index_row(plan, simd, src, g, y, s),
                     });
                 }
             }
@@ -310,22 +367,22 @@ impl UnitOp<'_, '_, '_> {
                 let loss = match row.done {
                     Some(loss) => loss,
                     None => {
-                        let r = row.state.row();
+                        let r = row.state.stats();
                         let slot = (k - g0) * slots;
                         let span = k * classes..(k + 1) * classes;
                         match plan.target {
                             TargetData::Indices(_) => {
                                 if row.fast {
-                                    let g = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
+                                    let g = &mut dst_all[span];
                                     let (a, b, fix) = plan.index_coefficients(row.s, row.y);
-                                    if plan.eps > 0.0 {
+                                    if plan.smoothed() {
                                         let term = SmoothTerm { b, w: plan.weight };
                                         fused_row_second(
                                             simd,
                                             g,
                                             &maxes[slot..],
                                             row.state,
-                                            r.lse,
+                                            r.lse(),
                                             a,
                                             &term,
                                         );
@@ -335,7 +392,7 @@ impl UnitOp<'_, '_, '_> {
                                             g,
                                             &maxes[slot..],
                                             row.state,
-                                            r.lse,
+                                            r.lse(),
                                             a,
                                             &NoTerm,
                                         );
@@ -348,8 +405,9 @@ impl UnitOp<'_, '_, '_> {
                                 if row.fast {
                                     let t = &targets
                                         [logits_start + span.start..logits_start + span.end];
-                                    let g = &mut self.dst.as_deref_mut().unwrap_or(&mut [])[span];
-                                    let a = (f64::from(row.s) * row.e1) as f32;
+                                    let g = &mut dst_all[span];
+                                    let a =
+                                        formula::prob_coefficient(f64::from(row.s), row.e1) as f32;
                                     let term = ProbTerm {
                                         s: row.s,
                                         t,
@@ -361,7 +419,7 @@ impl UnitOp<'_, '_, '_> {
                                         g,
                                         &maxes[slot..],
                                         row.state,
-                                        r.lse,
+                                        r.lse(),
                                         a,
                                         &term,
                                     );
@@ -381,35 +439,34 @@ impl UnitOp<'_, '_, '_> {
         total
     }
 
-    /// A valid index-target row without the single-`exp` fused path: forward only, a
-    /// non-finite scale, or a row longer than `MAX_CHUNKS` chunks.
+    /// A valid index-target row without the single-`exp` fused path (a non-finite scale, or a
+    /// row longer than `MAX_CHUNKS` chunks): `g` is the row's gradient, `src` its logits (`None`:
+    /// read from `g`, in place).
     #[inline(always)]
     fn index_row<S: Simd>(
-        &mut self,
+        plan: &Plan<'_>,
         simd: S,
         src: Option<&[f32]>,
-        span: Range<usize>,
+        g: &mut [f32],
         y: usize,
         s: f32,
     ) -> f64 {
-        let plan = self.plan;
         let (state, x_y, wx) = {
-            let x = src.unwrap_or_else(|| &self.dst.as_deref().unwrap_or(&[])[span.clone()]);
+            let x = src.unwrap_or(&*g);
             let state = row_lse(simd, x);
-            let wx = if plan.eps > 0.0 {
+            let wx = if plan.smoothed() {
                 weighted_sum(simd, x, plan.weight, origin(state.max)).0
             } else {
                 0.0
             };
             (state, x[y], wx)
         };
-        let r = state.row();
-        let lse = r.lse;
-        if let Some(dst) = self.dst.as_deref_mut() {
-            let g = &mut dst[span];
+        let r = state.stats();
+        let lse = r.lse();
+        {
             if s.is_finite() {
                 let (a, b, fix) = plan.index_coefficients(s, y);
-                if plan.eps > 0.0 {
+                if plan.smoothed() {
                     let term = SmoothTerm { b, w: plan.weight };
                     grad_row(simd, src, g, lse as f32, a, &term);
                 } else {
@@ -417,7 +474,16 @@ impl UnitOp<'_, '_, '_> {
                 }
                 g[y] -= fix;
             } else {
-                plan.slow_position(src, g, None, 0, 1, lse, s, Some(y), 0.0);
+                plan.slow_position(
+                    src,
+                    g,
+                    None,
+                    Strided::row(plan.layout.classes),
+                    lse,
+                    s,
+                    Some(y),
+                    0.0,
+                );
             }
         }
         plan.index_loss(r, x_y, y, wx)
@@ -426,27 +492,25 @@ impl UnitOp<'_, '_, '_> {
     /// A probability-target row without the single-`exp` fused path (see `index_row`).
     #[inline(always)]
     fn prob_row<S: Simd>(
-        &mut self,
+        plan: &Plan<'_>,
         simd: S,
         src: Option<&[f32]>,
-        span: Range<usize>,
+        g: &mut [f32],
         t: &[f32],
         s: f32,
         smooth: Smoothing,
     ) -> f64 {
-        let plan = self.plan;
         let (state, mass, dot) = {
-            let x = src.unwrap_or_else(|| &self.dst.as_deref().unwrap_or(&[])[span.clone()]);
+            let x = src.unwrap_or(&*g);
             let state = row_lse(simd, x);
             let (mass, dot) = prob_sums(simd, x, t, plan.weight, smooth, origin(state.max));
             (state, mass, dot)
         };
-        let r = state.row();
-        let lse = r.lse;
-        if let Some(dst) = self.dst.as_deref_mut() {
-            let g = &mut dst[span];
+        let r = state.stats();
+        let lse = r.lse();
+        {
             if s.is_finite() {
-                let a = (f64::from(s) * mass) as f32;
+                let a = formula::prob_coefficient(f64::from(s), mass) as f32;
                 let term = ProbTerm {
                     s,
                     t,
@@ -455,7 +519,7 @@ impl UnitOp<'_, '_, '_> {
                 };
                 grad_row(simd, src, g, lse as f32, a, &term);
             } else {
-                plan.slow_position(src, g, Some(t), 0, 1, lse, s, None, mass);
+                plan.slow_position(src, g, Some(t), Strided::row(t.len()), lse, s, None, mass);
             }
         }
         Plan::prob_loss(r, mass, dot)
@@ -473,6 +537,9 @@ impl UnitOp<'_, '_, '_> {
         let logits_start = plan.unit_logits(self.unit).start;
         let rows = plan.unit_positions(self.unit).len() / inner;
         let smooth = plan.smoothing();
+        let span_len = plan.unit_logits(self.unit).len();
+        let scale = self.scale;
+        let (src, dst) = self.mode.parts();
         let mut total = 0.0f64;
         for n in 0..rows {
             let mut d0 = 0;
@@ -480,7 +547,14 @@ impl UnitOp<'_, '_, '_> {
                 let width = lanes.min(inner - d0);
                 let base = n * row_len + d0;
                 let tile_first = first + n * inner + d0;
-                let losses = self.tile(simd, base, logits_start, tile_first, width, smooth);
+                let at = TileAt {
+                    base,
+                    logits_start,
+                    span_len,
+                    first: tile_first,
+                    width,
+                };
+                let losses = Self::tile(plan, simd, src, dst, scale, at, smooth);
                 for (j, &l) in losses[..width].iter().enumerate() {
                     if let Some(out) = self.losses.as_deref_mut() {
                         out[n * inner + d0 + j] = l as f32;
@@ -493,22 +567,28 @@ impl UnitOp<'_, '_, '_> {
         total
     }
 
-    /// One tile of `width ≤ lanes` positions starting at flat offset `base` of the unit's span.
-    /// Returns the positions' losses.
+    /// One tile of `width ≤ lanes` positions starting at flat offset `base` of the unit's span
+    /// (`src`, `dst` as for `index_row`). Returns the positions' losses.
     #[inline(always)]
     fn tile<S: Simd>(
-        &mut self,
+        plan: &Plan<'_>,
         simd: S,
-        base: usize,
-        logits_start: usize,
-        tile_first: usize,
-        width: usize,
+        src: Option<&[f32]>,
+        dst: &mut [f32],
+        scale: GradScale<'_>,
+        at: TileAt,
         smooth: Smoothing,
     ) -> [f64; MAX_LANES] {
-        let plan = self.plan;
+        let TileAt {
+            base,
+            logits_start,
+            span_len,
+            first: tile_first,
+            width,
+        } = at;
         let Layout { classes, inner, .. } = plan.layout;
         let probs = match plan.target {
-            TargetData::Probs(t) => Some(&t[logits_start..logits_start + self.dst_len_or_src()]),
+            TargetData::Probs(t) => Some(&t[logits_start..logits_start + span_len]),
             TargetData::Indices(_) => None,
         };
         let mut losses = [0.0f64; MAX_LANES];
@@ -522,7 +602,7 @@ impl UnitOp<'_, '_, '_> {
                 ys[j] = if valid[j] { t as usize } else { 0 };
             }
             if !valid[..width].iter().any(|&v| v) {
-                if let Some(dst) = self.dst.as_deref_mut() {
+                if M::GRAD {
                     for c in 0..classes {
                         dst[base + c * inner..base + c * inner + width].fill(0.0);
                     }
@@ -532,10 +612,7 @@ impl UnitOp<'_, '_, '_> {
         }
         // Statistics: max, Σ exp(x − max), and the smoothing / probability sums.
         let (states, mass, dot, x_y) = {
-            let x: &[f32] = match self.src {
-                Some(x) => x,
-                None => self.dst.as_deref().unwrap_or(&[]),
-            };
+            let x = src.unwrap_or(&*dst);
             let mut m = simd.splat_f32s(f32::NEG_INFINITY);
             for c in 0..classes {
                 m = simd.max_f32s(m, load_n(simd, x, base + c * inner, width));
@@ -571,7 +648,7 @@ impl UnitOp<'_, '_, '_> {
                         am = simd.add_f32s(am, wt);
                         // Relative to the max: see `weighted_sum`.
                         ad = simd.mul_add_e_f32s(wt, simd.sub_f32s(v, ov), ad);
-                    } else if plan.eps > 0.0 {
+                    } else if plan.smoothed() {
                         let d = simd.sub_f32s(v, ov);
                         ad = simd.mul_add_e_f32s(simd.splat_f32s(wc), d, ad);
                     }
@@ -599,17 +676,17 @@ impl UnitOp<'_, '_, '_> {
         };
         let mut lse = [0.0f64; MAX_LANES];
         for j in 0..width {
-            let r = states[j].row();
-            lse[j] = r.lse;
+            let r = states[j].stats();
+            lse[j] = r.lse();
             losses[j] = match probs {
                 Some(_) => Plan::prob_loss(r, mass[j], dot[j]),
                 None if valid[j] => plan.index_loss(r, x_y[j], ys[j], dot[j]),
                 None => 0.0,
             };
         }
-        let Some(dst) = self.dst.as_deref_mut() else {
+        if !M::GRAD {
             return losses;
-        };
+        }
         // Gradient: per-lane coefficients, one vector per class.
         let mut a = [0.0f32; MAX_LANES];
         let mut b = [0.0f32; MAX_LANES];
@@ -618,14 +695,14 @@ impl UnitOp<'_, '_, '_> {
         let mut fix = [0.0f32; MAX_LANES];
         let mut slow = [false; MAX_LANES];
         for j in 0..width {
-            s[j] = self.scale.at(tile_first + j);
+            s[j] = scale.at(tile_first + j);
             slow[j] = !s[j].is_finite() || !valid[j];
             if slow[j] {
                 continue;
             }
             lse32[j] = lse[j] as f32;
             if probs.is_some() {
-                a[j] = (f64::from(s[j]) * mass[j]) as f32;
+                a[j] = formula::prob_coefficient(f64::from(s[j]), mass[j]) as f32;
             } else {
                 (a[j], b[j], fix[j]) = plan.index_coefficients(s[j], ys[j]);
             }
@@ -636,7 +713,6 @@ impl UnitOp<'_, '_, '_> {
             from_lanes(simd, &lse32),
             simd.neg_f32s(from_lanes(simd, &s)),
         );
-        let src = self.src;
         for c in 0..classes {
             let off = base + c * inner;
             let v = match src {
@@ -653,7 +729,7 @@ impl UnitOp<'_, '_, '_> {
                     simd.splat_f32s(smooth.spread),
                 );
                 simd.mul_add_e_f32s(simd.mul_f32s(sv, wc), tp, ap)
-            } else if plan.eps > 0.0 {
+            } else if plan.smoothed() {
                 simd.mul_add_e_f32s(bv, wc, ap)
             } else {
                 ap
@@ -668,7 +744,8 @@ impl UnitOp<'_, '_, '_> {
                     }
                 } else {
                     let y = if probs.is_none() { Some(ys[j]) } else { None };
-                    plan.slow_position(src, dst, probs, base + j, inner, lse[j], s[j], y, mass[j]);
+                    let at = Strided::column(base + j, inner, classes);
+                    plan.slow_position(src, dst, probs, at, lse[j], s[j], y, mass[j]);
                 }
             } else if probs.is_none() {
                 dst[base + j + ys[j] * inner] -= fix[j];
@@ -676,10 +753,15 @@ impl UnitOp<'_, '_, '_> {
         }
         losses
     }
+}
 
-    /// The length of the unit's span of logits.
-    fn dst_len_or_src(&self) -> usize {
-        self.src
-            .map_or_else(|| self.dst.as_ref().map_or(0, |d| d.len()), <[f32]>::len)
-    }
+/// Where a tile sits: its flat offset in the unit's span, the unit's first logit and span length,
+/// its first position and its width.
+#[derive(Clone, Copy)]
+struct TileAt {
+    base: usize,
+    logits_start: usize,
+    span_len: usize,
+    first: usize,
+    width: usize,
 }

@@ -2,8 +2,7 @@
 // per invocation, then a fixed tree) into one partial; the host repeats the pass over the
 // partials until one value is left. No float atomics, so the order, and the bits, never change.
 
-const WG: u32 = 256u;
-const PER_THREAD: u32 = 8u;
+// `WG` and `PER_THREAD` are prepended by the host from its constants (`context.rs`, `prelude`).
 
 struct Params {
     n: u32,

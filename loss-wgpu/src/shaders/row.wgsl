@@ -16,17 +16,9 @@
 // built with `bitcast` (WGSL has no such literals) and recognised by their bits, because
 // comparisons with NaN and `max` of NaN are not portable.
 
-const WG: u32 = 256u;
-
-// Bits of `Params.flags`.
-const FLAG_PROBS: u32 = 1u; // probability targets (else index targets)
-const FLAG_LOSS: u32 = 2u; // write `row_loss`
-const FLAG_GRAD: u32 = 4u; // write `grad`
-const FLAG_PER_POSITION: u32 = 8u; // upstream gradient per position (`none`), else `scale`
-const FLAG_SMOOTHING: u32 = 16u; // ε > 0; with ε = 0 the smoothing term is left out entirely
-
-// An index target with these bits is ignored (the host maps `ignore_index` to it on upload).
-const IGNORED: u32 = 0xffffffffu;
+// `WG`, the `FLAG_*` bits of `Params.flags` and `IGNORED` (the bits of an ignored index
+// target, which the host maps `ignore_index` to on upload) are not written here: the host
+// prepends them from its own constants (`context.rs`, `prelude`), the one source for both.
 
 struct Params {
     classes: u32,
