@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::backends;
+use crate::error::Error;
 use crate::instances::Variant;
-use crate::run::RunOptions;
+use crate::options::RunOptions;
 use crate::schema::{Op, Skipped};
 use crate::timing;
 use crate::worker::{self, Client, Config};
@@ -310,7 +311,7 @@ pub fn configs(opts: &RunOptions, skipped: &mut Vec<Skipped>) -> Vec<Config> {
 fn prepare_both(
     workers: &mut [Client; 2],
     config: &Config,
-) -> Result<[worker::ReadyReply; 2], String> {
+) -> Result<[worker::ReadyReply; 2], Error> {
     // Both prepare at once (each computes its own reference), then both answers are read.
     for w in workers.iter_mut() {
         w.send_prepare(config)?;
@@ -324,7 +325,7 @@ fn prepare_both(
         }
     }
     if !errors.is_empty() {
-        return Err(errors.join("; "));
+        return Err(Error::Worker(errors.join("; ")));
     }
     let [a, b]: [worker::ReadyReply; 2] = replies.try_into().expect("two replies");
     Ok([a, b])
@@ -340,7 +341,7 @@ fn seed_of(config: &Config) -> u64 {
 }
 
 /// Runs the comparison.
-pub fn ab(opts: &AbOptions) -> Result<AbReport, String> {
+pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
     let created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -351,7 +352,7 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, String> {
     let configs = configs(&opts.run, &mut skipped);
     let budget = AbBudget::for_run(opts.run.quick);
     let max_call = timing::TimingBudget::for_run(opts.run.quick).max_call;
-    let bar = crate::run::progress(configs.len() as u64);
+    let bar = crate::progress::progress(configs.len() as u64);
     let mut results = Vec::new();
     for config in &configs {
         bar.inc(1);
@@ -381,7 +382,7 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, String> {
         let [ra, rb] = match prepare_both(&mut workers, config) {
             Ok(r) => r,
             Err(e) => {
-                skipped.push(skip(e));
+                skipped.push(skip(e.to_string()));
                 continue;
             }
         };
@@ -429,7 +430,7 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, String> {
         let calls = ((budget.sample.as_secs_f64() / slowest.as_secs_f64().max(1e-9)).ceil()
             as usize)
             .clamp(1, 1_000_000);
-        let sampled = (|| -> Result<(Vec<f64>, Vec<f64>), String> {
+        let sampled = (|| -> Result<(Vec<f64>, Vec<f64>), Error> {
             // Warm-up: one sample each, not kept.
             workers[0].sample(calls)?;
             workers[1].sample(calls)?;
@@ -451,7 +452,7 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, String> {
         let (a, b) = match sampled {
             Ok(x) => x,
             Err(e) => {
-                skipped.push(skip(e));
+                skipped.push(skip(e.to_string()));
                 continue;
             }
         };

@@ -28,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::error::Error;
 use crate::schema::{CellResult, RunReport};
 
 /// The default threshold for timings.
@@ -242,11 +243,15 @@ pub fn compare(
     baseline: &RunReport,
     current: &RunReport,
     max_regression: Option<f64>,
-) -> Result<Comparison, String> {
+) -> Result<Comparison, Error> {
     let counts = match (baseline.is_counts(), current.is_counts()) {
         (true, true) => true,
         (false, false) => false,
-        _ => return Err("one file has counts (run --counts) and the other timings".into()),
+        _ => {
+            return Err(Error::Mismatch(
+                "one file has counts (run --counts) and the other timings".into(),
+            ));
+        }
     };
     let threshold = max_regression.unwrap_or(if counts {
         DEFAULT_COUNTS_THRESHOLD
@@ -279,17 +284,22 @@ pub fn compare(
 }
 
 /// Parses `10%`, `10` or `0.1` into a fraction.
-pub fn parse_threshold(s: &str) -> Result<f64, String> {
+pub fn parse_threshold(s: &str) -> Result<f64, Error> {
     let (num, percent) = match s.strip_suffix('%') {
         Some(n) => (n, true),
         None => (s, false),
     };
-    let v: f64 = num.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|e| Error::Usage(format!("{s:?}: {e}")))?;
     let frac = if percent || v >= 1.0 { v / 100.0 } else { v };
     if (0.0..1.0).contains(&frac) {
         Ok(frac)
     } else {
-        Err(format!("{s:?} is not a threshold between 0% and 100%"))
+        Err(Error::Usage(format!(
+            "{s:?} is not a threshold between 0% and 100%"
+        )))
     }
 }
 

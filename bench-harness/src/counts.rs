@@ -22,8 +22,9 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::cells::{Cell, CellSpec};
+use crate::error::Error;
 use crate::instances::{self, Instance, Variant};
-use crate::run::RunOptions;
+use crate::options::RunOptions;
 use crate::schema::{self, CellResult, Counts, CountsConfig, Op, RunReport, Skipped};
 use crate::subject;
 use crate::timing::TimingBudget;
@@ -137,7 +138,7 @@ fn label(i: usize) -> String {
 }
 
 /// The child: runs the plan under Valgrind, one dump per configuration.
-pub fn child(plan: &Plan) -> Result<Vec<ChildResult>, String> {
+fn child(plan: &Plan) -> Result<Vec<ChildResult>, String> {
     if !under_valgrind() {
         return Err("counts-child must run under valgrind --tool=callgrind".into());
     }
@@ -178,7 +179,8 @@ pub fn child(plan: &Plan) -> Result<Vec<ChildResult>, String> {
                 cell = None;
             }
             let current = &*cell.get_or_insert_with(|| Cell::new(p.cell, true, true));
-            let mut ready = subject::ready(current, &built[i], variant, p.op, budget)?;
+            let mut ready = subject::ready(current, &built[i], variant, p.op, budget)
+                .map_err(|e| e.to_string())?;
             let name = std::ffi::CString::new(label(index)).map_err(|e| e.to_string())?;
             client::request(0, client::START_INSTRUMENTATION, 0);
             let counted = (|| {
@@ -202,7 +204,7 @@ pub fn child(plan: &Plan) -> Result<Vec<ChildResult>, String> {
 }
 
 /// The events of every dump in `dir`, keyed by the dump's label.
-pub fn read_dumps(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>, String> {
+fn read_dumps(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>, String> {
     let mut out = BTreeMap::new();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for entry in entries.flatten() {
@@ -212,7 +214,7 @@ pub fn read_dumps(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>,
         }
         let text = std::fs::read_to_string(entry.path())
             .map_err(|e| format!("{}: {e}", entry.path().display()))?;
-        let (label, events) = parse_dump(&text)?;
+        let (label, events) = parse_dump_text(&text)?;
         if let Some(label) = label {
             out.insert(label, events);
         }
@@ -222,7 +224,13 @@ pub fn read_dumps(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, f64>>,
 
 /// A dump's label (from its `desc: Trigger: Client Request: LABEL` line) and its totals by
 /// event name.
-pub fn parse_dump(text: &str) -> Result<(Option<String>, BTreeMap<String, f64>), String> {
+#[allow(clippy::type_complexity)] // the label and the events: a pair is the clearest type
+pub fn parse_dump(text: &str) -> Result<(Option<String>, BTreeMap<String, f64>), Error> {
+    parse_dump_text(text).map_err(Error::Counts)
+}
+
+#[allow(clippy::type_complexity)]
+fn parse_dump_text(text: &str) -> Result<(Option<String>, BTreeMap<String, f64>), String> {
     let mut names: Vec<String> = Vec::new();
     let mut totals: Option<Vec<f64>> = None;
     let mut label = None;
@@ -304,7 +312,11 @@ pub fn plan(opts: &RunOptions, calls: usize, skipped: &mut Vec<Skipped>) -> Plan
 }
 
 /// The parent: runs the plan under Valgrind and assembles the report.
-pub fn run(opts: &RunOptions, calls: usize) -> Result<RunReport, String> {
+pub fn run(opts: &RunOptions, calls: usize) -> Result<RunReport, Error> {
+    run_counted(opts, calls).map_err(Error::Counts)
+}
+
+fn run_counted(opts: &RunOptions, calls: usize) -> Result<RunReport, String> {
     let created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -400,7 +412,7 @@ pub fn run(opts: &RunOptions, calls: usize) -> Result<RunReport, String> {
     Ok(RunReport {
         schema: schema::SCHEMA.to_string(),
         created_unix,
-        machine: crate::run::machine(&[], &[], Vec::new()),
+        machine: crate::machine::machine(&[], &[], Vec::new()),
         config,
         results,
         skipped,
@@ -455,7 +467,11 @@ fn counted(
 }
 
 /// Entry point of `loss-bench counts-child PLAN OUT`.
-pub fn child_main(plan: &Path, out: &Path) -> Result<(), String> {
+pub fn child_main(plan: &Path, out: &Path) -> Result<(), Error> {
+    child_main_counted(plan, out).map_err(Error::Counts)
+}
+
+fn child_main_counted(plan: &Path, out: &Path) -> Result<(), String> {
     let plan: Plan = std::fs::read_to_string(plan)
         .map_err(|e| format!("{}: {e}", plan.display()))
         .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))?;

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use crate::schema::{CellResult, RunReport};
 
 /// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Format {
     /// Aligned columns for a terminal.
     Table,

@@ -17,11 +17,16 @@ pub mod candle_peer;
 pub mod cells;
 pub mod compare;
 pub mod counts;
+pub mod error;
 pub mod format;
 pub mod instances;
+pub mod machine;
+pub mod options;
 pub mod peers;
+#[cfg(feature = "cli")]
 pub mod plot;
 pub mod profile;
+pub mod progress;
 pub mod run;
 pub mod schema;
 pub mod subject;

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use bench_harness::ab::{self, AbOptions};
 use bench_harness::backends::{self, BackendConfig};
+use bench_harness::error::Error;
 use bench_harness::format::{self, Format};
+use bench_harness::options::RunOptions;
 use bench_harness::profile::Profile;
-use bench_harness::run::{self, RunOptions};
+use bench_harness::run;
 use bench_harness::schema::{Op, RunReport};
 use bench_harness::{compare, counts, plot, verify, worker};
 use clap::{Args, Parser, Subcommand};
@@ -208,7 +210,7 @@ fn verify(args: VerifyArgs) -> ExitCode {
     }
 }
 
-fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
+fn run_options(args: &RunArgs) -> Result<RunOptions, Error> {
     let mut opts = RunOptions::default();
     if args.quick {
         opts.batch = vec![1, 256, 2048];
@@ -232,19 +234,19 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
         .map(|c| {
             let (n, k) = c
                 .split_once('x')
-                .ok_or_else(|| format!("--cells {c:?}: expected NxC"))?;
+                .ok_or_else(|| Error::Usage(format!("--cells {c:?}: expected NxC")))?;
             let parse = |v: &str| {
                 v.trim()
                     .parse::<usize>()
-                    .map_err(|e| format!("--cells {c:?}: {e}"))
+                    .map_err(|e| Error::Usage(format!("--cells {c:?}: {e}")))
             };
             Ok((parse(n)?, parse(k)?))
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, Error>>()?;
     opts.backends = args.backend.clone();
-    opts.ops = Op::parse_list(&args.op).map_err(|e| format!("--op: {e}"))?;
+    opts.ops = Op::parse_list(&args.op)?;
     opts.weighted = !args.unweighted;
-    opts.reduction = Reduction::parse(&args.reduction).map_err(|e| e.to_string())?;
+    opts.reduction = Reduction::parse(&args.reduction).map_err(|e| Error::Usage(e.to_string()))?;
     if let Some(mib) = args.max_mib {
         opts.max_bytes = mib << 20;
     }
@@ -253,21 +255,21 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, String> {
         opts.peer_max_elements = n;
     }
     opts.seed = args.seed;
-    opts.worker = Some(std::env::current_exe().map_err(|e| e.to_string())?);
+    opts.worker = Some(std::env::current_exe().map_err(|e| Error::io("loss-bench", e))?);
     Ok(opts)
 }
 
-fn write_out(text: &str, out: Option<&PathBuf>) -> Result<(), String> {
+fn write_out(text: &str, out: Option<&PathBuf>) -> Result<(), Error> {
     match out {
         None => {
             print!("{text}");
             Ok(())
         }
-        Some(p) => std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display())),
+        Some(p) => std::fs::write(p, text).map_err(|e| Error::io(p, e)),
     }
 }
 
-fn run_cmd(args: RunArgs) -> Result<ExitCode, String> {
+fn run_cmd(args: RunArgs) -> Result<ExitCode, Error> {
     let mut opts = run_options(&args)?;
     let report = if args.counts {
         opts.threads = vec![1];
@@ -283,14 +285,13 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode, String> {
         }
     }
     if let Some(dir) = &args.out_dir {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         for (name, f) in [
             ("results.json", Format::Json),
             ("results.md", Format::Markdown),
         ] {
             let path = dir.join(name);
-            std::fs::write(&path, format::render(&report, f))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::write(&path, format::render(&report, f)).map_err(|e| Error::io(&path, e))?;
         }
         if !report.is_counts() && !report.results.is_empty() {
             plot::plot(&report, None, &dir.join("results.svg"))?;
@@ -316,14 +317,16 @@ fn run_cmd(args: RunArgs) -> Result<ExitCode, String> {
     }
 }
 
-fn ab_cmd(args: AbArgs) -> Result<ExitCode, String> {
+fn ab_cmd(args: AbArgs) -> Result<ExitCode, Error> {
     if args.run.counts {
-        return Err("ab times; for counts, run --counts with each build and compare".into());
+        return Err(Error::Usage(
+            "ab times; for counts, run --counts with each build and compare".into(),
+        ));
     }
     let opts = AbOptions {
         run: run_options(&args.run)?,
         against: args.against,
-        current: std::env::current_exe().map_err(|e| e.to_string())?,
+        current: std::env::current_exe().map_err(|e| Error::io("loss-bench", e))?,
         min_effect: compare::parse_threshold(&args.min_effect)?,
         fail_above: args
             .fail_above
@@ -362,25 +365,25 @@ fn ab_cmd(args: AbArgs) -> Result<ExitCode, String> {
 }
 
 /// A timings file, or why it is not one.
-fn load_timings(path: &std::path::Path) -> Result<RunReport, String> {
+fn load_timings(path: &std::path::Path) -> Result<RunReport, Error> {
     let report = RunReport::load(path)?;
     if report.is_counts() {
-        return Err(format!(
+        return Err(Error::Mismatch(format!(
             "{}: a counts file (run --counts) has no timings",
             path.display()
-        ));
+        )));
     }
     Ok(report)
 }
 
-fn plot_cmd(args: PlotArgs) -> Result<ExitCode, String> {
+fn plot_cmd(args: PlotArgs) -> Result<ExitCode, Error> {
     let report = load_timings(&args.results)?;
     plot::plot(&report, args.batch, &args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }
 
-fn compare_cmd(args: CompareArgs) -> Result<ExitCode, String> {
+fn compare_cmd(args: CompareArgs) -> Result<ExitCode, Error> {
     let threshold = args
         .max_regression
         .as_deref()
@@ -405,7 +408,7 @@ fn compare_cmd(args: CompareArgs) -> Result<ExitCode, String> {
     }
 }
 
-fn recommend_cmd(args: RecommendArgs) -> Result<ExitCode, String> {
+fn recommend_cmd(args: RecommendArgs) -> Result<ExitCode, Error> {
     let report = load_timings(&args.results)?;
     let profile = Profile::from_report(&report);
     print!("{}", profile.render());

@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use crate::bandwidth::Bandwidth;
 use crate::cells::Cell;
-use crate::run::{RunOptions, divisor};
+use crate::error::Error;
+use crate::machine::divisor;
+use crate::options::RunOptions;
 use crate::schema::{CellResult, Op, Skipped};
 use crate::timing::TimingBudget;
 
@@ -64,7 +66,11 @@ struct PeerLine {
 
 impl PythonPeers {
     /// Asks the script which peers import; `Err` says why none can run.
-    pub fn detect() -> Result<Self, String> {
+    pub fn detect() -> Result<Self, Error> {
+        Self::probe().map_err(Error::Peers)
+    }
+
+    fn probe() -> Result<Self, String> {
         let out = Command::new(python())
             .arg(script_path())
             .arg("--probe")
@@ -96,7 +102,11 @@ impl PythonPeers {
     }
 
     /// Writes a cell's inputs for the script.
-    pub fn add_cell(&mut self, cell: &Cell) -> Result<(), String> {
+    pub fn add_cell(&mut self, cell: &Cell) -> Result<(), Error> {
+        self.write_cell(cell).map_err(Error::Peers)
+    }
+
+    fn write_cell(&mut self, cell: &Cell) -> Result<(), String> {
         let w = &cell.workload;
         let [batch, classes] = w.shape;
         let dir = self.dir.join(format!("{batch}x{classes}"));
@@ -180,7 +190,7 @@ impl PythonPeers {
                             "XLA_FLAGS",
                             "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
                         );
-                    } else if threads != crate::run::available_cores() {
+                    } else if threads != crate::options::available_cores() {
                         skipped.push(skip(
                             peer,
                             format!(

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::error::Error;
 use crate::schema::{Op, RunReport};
 
 /// The batch size plotted when none is asked for: the one measured at the most class counts
@@ -33,7 +34,11 @@ const PALETTE: [RGBColor; 8] = [
 ];
 
 /// Draws the SVG.
-pub fn plot(report: &RunReport, batch: Option<usize>, out: &Path) -> Result<(), String> {
+pub fn plot(report: &RunReport, batch: Option<usize>, out: &Path) -> Result<(), Error> {
+    draw(report, batch, out).map_err(Error::Plot)
+}
+
+fn draw(report: &RunReport, batch: Option<usize>, out: &Path) -> Result<(), String> {
     let batch = batch
         .or_else(|| default_batch(report))
         .ok_or("the result file has no results")?;

@@ -19,6 +19,7 @@ use loss_core::{LossBackend, LossError, Problem};
 use serde::{Deserialize, Serialize};
 
 use crate::backends::{self, BackendConfig};
+use crate::error::Error;
 use crate::schema::{Op, RunReport};
 
 /// The profile schema tag.
@@ -109,24 +110,25 @@ impl Profile {
     }
 
     /// Reads a profile.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let p: Profile =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let p: Profile = crate::error::read_json(path)?;
         if p.schema != PROFILE_SCHEMA {
-            return Err(format!(
-                "{}: schema {:?}, expected {PROFILE_SCHEMA:?}",
-                path.display(),
-                p.schema
-            ));
+            return Err(Error::Schema {
+                path: path.to_path_buf(),
+                found: p.schema,
+                expected: PROFILE_SCHEMA,
+            });
         }
         Ok(p)
     }
 
     /// Writes a profile.
-    pub fn save(&self, path: &Path) -> Result<(), String> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))
     }
 
     /// The measured entry nearest to `(batch, classes)` in log-log space for `op` (forward falls

@@ -12,262 +12,17 @@
 //! with a sample of the [`Calibration`] kernel over the same data.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressStyle};
-use loss_core::Reduction;
-
-use crate::bandwidth::{self, Bandwidth};
+use crate::bandwidth;
 use crate::cells::{Cell, CellSpec, Check};
 use crate::instances::{self, Instance, Variant};
-use crate::schema::{
-    self, CellResult, Device, Machine, Op, RoundResult, RunConfig, RunReport, Skipped,
-};
-use crate::subject;
-use crate::timing::{self, Calibration, Round, Summary, TimingBudget};
+use crate::machine::{divisor, machine};
+use crate::options::RunOptions;
+use crate::progress::progress;
+use crate::schema::{self, CellResult, Device, Op, RoundResult, RunReport, Skipped};
+use crate::subject::measure_round;
+use crate::timing::{self, Round, Summary, TimingBudget};
 use crate::worker;
-
-/// Everything `run` needs to know.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// Batch sizes.
-    pub batch: Vec<usize>,
-    /// Class counts.
-    pub classes: Vec<usize>,
-    /// Explicit `(batch, classes)` cells; when non-empty they replace the batch × classes grid.
-    pub cells: Vec<(usize, usize)>,
-    /// Backends to time (empty: every backend timed by default).
-    pub backends: Vec<String>,
-    /// Operations to time.
-    pub ops: Vec<Op>,
-    /// Thread counts for parallel backends.
-    pub threads: Vec<usize>,
-    /// Use class weights.
-    pub weighted: bool,
-    /// The reduction.
-    pub reduction: Reduction,
-    /// Skip cells whose logits exceed this many bytes.
-    pub max_bytes: usize,
-    /// Short timings (the whole run under a minute).
-    pub quick: bool,
-    /// Input seed.
-    pub seed: u64,
-    /// Run the Python peers (PyTorch, JAX) when they are installed.
-    pub python_peers: bool,
-    /// Peers are run on cells up to this many logits.
-    pub peer_max_elements: usize,
-    /// The `loss-bench` binary whose `worker` runs each round in a fresh process (`loss-bench
-    /// run` uses itself), so that what holds for a whole process (where its buffers and threads
-    /// land) varies between rounds as it does between runs; `None`: every round in this process.
-    pub worker: Option<std::path::PathBuf>,
-}
-
-/// The default grid: batch {1, 32, 256, 2048, 16384} × classes {10, 100, 1000, 32000, 128256},
-/// every op, weighted mean, cells up to 1 GiB of logits.
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            batch: vec![1, 32, 256, 2048, 16384],
-            classes: vec![10, 100, 1000, 32000, 128256],
-            cells: Vec::new(),
-            backends: Vec::new(),
-            ops: Op::ALL.to_vec(),
-            threads: vec![available_cores()],
-            weighted: true,
-            reduction: Reduction::Mean,
-            max_bytes: 1 << 30,
-            quick: false,
-            seed: 0x5eed,
-            python_peers: true,
-            peer_max_elements: 64 << 20,
-            worker: None,
-        }
-    }
-}
-
-impl RunOptions {
-    /// The cell spec of `(batch, classes)` under these options.
-    pub fn spec(&self, batch: usize, classes: usize) -> CellSpec {
-        CellSpec {
-            batch,
-            classes,
-            weighted: self.weighted,
-            reduction: self.reduction,
-            seed: self.seed,
-        }
-    }
-
-    /// The cells of the run (the explicit cells, or the grid), without the ones over the size
-    /// cap or empty, which are listed in `skipped`.
-    pub fn grid(&self, skipped: &mut Vec<Skipped>) -> Vec<CellSpec> {
-        let grid: Vec<(usize, usize)> = if self.cells.is_empty() {
-            self.batch
-                .iter()
-                .flat_map(|&b| self.classes.iter().map(move |&c| (b, c)))
-                .collect()
-        } else {
-            self.cells.clone()
-        };
-        let mut out = Vec::new();
-        for (batch, classes) in grid {
-            let bytes = batch.saturating_mul(classes).saturating_mul(4);
-            if bytes > self.max_bytes {
-                skipped.push(Skipped::cell(
-                    batch,
-                    classes,
-                    format!(
-                        "{bytes} bytes of logits exceed the cap of {} (--max-mib)",
-                        self.max_bytes
-                    ),
-                ));
-            } else if batch == 0 || classes == 0 {
-                skipped.push(Skipped::cell(batch, classes, "empty cell".into()));
-            } else {
-                out.push(self.spec(batch, classes));
-            }
-        }
-        out
-    }
-
-    /// The configuration block of a report.
-    pub fn config(&self) -> RunConfig {
-        RunConfig {
-            batch: self.batch.clone(),
-            classes: self.classes.clone(),
-            cells: self.cells.clone(),
-            ops: self.ops.clone(),
-            threads: self.threads.clone(),
-            weighted: self.weighted,
-            reduction: self.reduction.as_str().to_string(),
-            max_bytes: self.max_bytes,
-            quick: self.quick,
-            seed: self.seed,
-            rounds: TimingBudget::for_run(self.quick).rounds,
-            counts: None,
-        }
-    }
-}
-
-/// Logical cores available to this process.
-pub fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// What the run measured about the machine, with the ceilings of both probes.
-pub fn machine(start: &[Bandwidth], end: &[Bandwidth], devices: Vec<Device>) -> Machine {
-    let ceilings = if end.is_empty() {
-        start.to_vec()
-    } else {
-        bandwidth::best_of_probes(start, end)
-    };
-    let single = ceilings
-        .iter()
-        .find(|b| b.threads == 1)
-        .or(ceilings.first())
-        .cloned();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let mut crate_versions = BTreeMap::new();
-    crate_versions.insert(
-        "bench-harness".to_string(),
-        env!("CARGO_PKG_VERSION").to_string(),
-    );
-    for (name, version) in crate::CRATE_VERSIONS {
-        crate_versions.insert(name.to_string(), version.to_string());
-    }
-    Machine {
-        cpu,
-        cores: available_cores(),
-        read_bandwidth_gbps: single.as_ref().map_or(0.0, |b| b.read_gbps),
-        copy_bandwidth_gbps: single.as_ref().map_or(0.0, |b| b.copy_gbps),
-        bandwidth: ceilings,
-        bandwidth_start: start.to_vec(),
-        bandwidth_end: end.to_vec(),
-        llc_bytes: bandwidth::last_level_cache_bytes(),
-        arch: std::env::consts::ARCH.into(),
-        os: std::env::consts::OS.into(),
-        crate_versions,
-        devices,
-    }
-}
-
-/// The bandwidth divisor of an operation at a thread count (the nearest measured count).
-pub fn divisor(bandwidth: &[Bandwidth], op: Op, threads: usize) -> f64 {
-    let b = bandwidth
-        .iter()
-        .min_by_key(|b| b.threads.abs_diff(threads))
-        .expect("at least one bandwidth figure");
-    match op {
-        Op::Forward => b.read_gbps,
-        Op::Backward | Op::ForwardBackward => b.copy_gbps,
-    }
-}
-
-/// One round of one configuration in this process: ready it (checking its outputs against the
-/// reference when the cell has it, fingerprinting them otherwise), one timed call to size the
-/// samples, then [`round_of`].
-pub fn measure_round(
-    cell: &Cell,
-    instance: &Instance,
-    variant: Variant,
-    op: Op,
-    budget: TimingBudget,
-) -> Result<(Check, Round), String> {
-    let mut ready = subject::ready(cell, instance, variant, op, budget)?;
-    let one =
-        timing::one_call(ready.subject.as_mut(), &mut ready.rep).map_err(|e| e.to_string())?;
-    let round = round_of(&mut ready, cell, instance, op, budget, one)?;
-    Ok((ready.check, round))
-}
-
-/// Times one round of a ready configuration whose single call took `one`: samples interleaved
-/// with the calibration kernel (host backends; device backends have none).
-pub fn round_of(
-    ready: &mut subject::Ready<'_>,
-    cell: &Cell,
-    instance: &Instance,
-    op: Op,
-    budget: TimingBudget,
-    one: std::time::Duration,
-) -> Result<Round, String> {
-    budget.check_call(one)?;
-    let calls = TimingBudget::calls_per_sample(one);
-    if instance.built.device.is_some() {
-        let mut round = Round {
-            samples: Vec::new(),
-            calibration: Vec::new(),
-            calls: 0,
-        };
-        let target = budget.target / budget.rounds.max(1) as u32;
-        let start = std::time::Instant::now();
-        while round.samples.len() < budget.min_samples
-            || (round.samples.len() < budget.max_samples && start.elapsed() < target)
-        {
-            round
-                .samples
-                .push(ready.sample(calls).map_err(|e| e.to_string())?);
-            round.calls += calls;
-        }
-        Ok(round)
-    } else {
-        let mut calib = Calibration::new(cell.rotations(), op, instance.threads);
-        timing::time_round(
-            budget,
-            ready.subject.as_mut(),
-            &mut calib,
-            calls,
-            &mut ready.rep,
-        )
-        .map_err(|e| e.to_string())
-    }
-}
 
 /// The rounds of one configuration so far.
 struct Accumulated {
@@ -350,20 +105,6 @@ fn result(a: &Accumulated, instance: &Instance, bandwidth_gbps: f64) -> CellResu
     }
 }
 
-/// A progress bar on standard error, hidden when it is not a terminal.
-pub fn progress(total: u64) -> ProgressBar {
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(total)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
-}
-
 /// Runs the whole grid.
 pub fn run(opts: &RunOptions) -> RunReport {
     let created_unix = std::time::SystemTime::now()
@@ -407,7 +148,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
         match crate::peers::PythonPeers::detect() {
             Ok(p) => Some(p),
             Err(reason) => {
-                skipped.push(Skipped::backend("pytorch/jax", reason));
+                skipped.push(Skipped::backend("pytorch/jax", reason.to_string()));
                 None
             }
         }
@@ -539,7 +280,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
                         backend: "pytorch/jax".into(),
                         batch: spec.batch,
                         classes: spec.classes,
-                        reason: e,
+                        reason: e.to_string(),
                     });
                 }
             }

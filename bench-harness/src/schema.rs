@@ -50,14 +50,16 @@ impl Op {
     }
 
     /// Parses a comma-separated list of names, or `all`.
-    pub fn parse_list(s: &str) -> Result<Vec<Op>, String> {
+    pub fn parse_list(s: &str) -> crate::error::Result<Vec<Op>> {
         if s.trim() == "all" {
             return Ok(Op::ALL.to_vec());
         }
         let mut ops = Vec::new();
         for name in s.split(',').map(str::trim) {
             let op = Op::parse(name).ok_or_else(|| {
-                format!("unknown op {name:?}: expected forward, backward, forward_backward or all")
+                crate::error::Error::Usage(format!(
+                    "unknown op {name:?}: expected forward, backward, forward_backward or all"
+                ))
             })?;
             if !ops.contains(&op) {
                 ops.push(op);
@@ -360,16 +362,14 @@ impl RunReport {
     }
 
     /// Reads a result file, checking its schema tag.
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let report: RunReport =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &std::path::Path) -> crate::error::Result<Self> {
+        let report: RunReport = crate::error::read_json(path)?;
         if report.schema != SCHEMA {
-            return Err(format!(
-                "{}: schema {:?}, expected {SCHEMA:?}",
-                path.display(),
-                report.schema
-            ));
+            return Err(crate::error::Error::Schema {
+                path: path.to_path_buf(),
+                found: report.schema,
+                expected: SCHEMA,
+            });
         }
         Ok(report)
     }

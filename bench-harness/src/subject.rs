@@ -10,9 +10,10 @@ use loss_core::conformance::DEFAULT_TOLERANCE;
 use loss_core::{LossBackend, LossError, Problem, ResidentProblem};
 
 use crate::cells::{Cell, Check, digest};
+use crate::error::{Error, Result};
 use crate::instances::{Instance, Variant};
 use crate::schema::Op;
-use crate::timing::{self, Timed, TimingBudget};
+use crate::timing::{self, Calibration, Round, Timed, TimingBudget};
 
 /// A timed subject whose outputs can be read back after a call.
 pub trait Subject: Timed {
@@ -111,7 +112,7 @@ pub fn ready<'a>(
     variant: Variant,
     op: Op,
     budget: TimingBudget,
-) -> Result<Ready<'a>, String> {
+) -> Result<Ready<'a>> {
     let w = &cell.workload;
     let loss = vec![0.0f32; w.problem().loss_len()];
     let grad = vec![0.0f32; w.logits.len()];
@@ -130,13 +131,11 @@ pub fn ready<'a>(
             op,
         }),
         Variant::Resident => {
-            let device = instance
-                .built
-                .device
-                .as_ref()
-                .ok_or_else(|| format!("{} is not a device backend", instance.name))?;
+            let device = instance.built.device.as_ref().ok_or_else(|| {
+                Error::Usage(format!("{} is not a device backend", instance.name))
+            })?;
             Box::new(ResidentSubject {
-                resident: device.upload(&w.problem()).map_err(|e| e.to_string())?,
+                resident: device.upload(&w.problem())?,
                 upstream: &cell.upstream,
                 loss,
                 grad,
@@ -144,11 +143,11 @@ pub fn ready<'a>(
             })
         }
     };
-    subject.call(0).map_err(|e| e.to_string())?;
+    subject.call(0)?;
     let first_call = start.elapsed();
     budget.check_call(first_call)?;
     let tol = instance.built.backend.tolerance(DEFAULT_TOLERANCE);
-    let (l, g) = subject.outputs().map_err(|e| e.to_string())?;
+    let (l, g) = subject.outputs()?;
     let check = if cell.answer.is_some() {
         cell.check(op, l, g, tol)
     } else {
@@ -164,4 +163,59 @@ pub fn ready<'a>(
         first_call,
         rep: 1,
     })
+}
+
+/// One round of one configuration in this process: ready it (checking its outputs against the
+/// reference when the cell has it, fingerprinting them otherwise), one timed call to size the
+/// samples, then [`round_of`].
+pub fn measure_round(
+    cell: &Cell,
+    instance: &Instance,
+    variant: Variant,
+    op: Op,
+    budget: TimingBudget,
+) -> Result<(Check, Round)> {
+    let mut ready = ready(cell, instance, variant, op, budget)?;
+    let one = timing::one_call(ready.subject.as_mut(), &mut ready.rep)?;
+    let round = round_of(&mut ready, cell, instance, op, budget, one)?;
+    Ok((ready.check, round))
+}
+
+/// Times one round of a ready configuration whose single call took `one`: samples interleaved
+/// with the calibration kernel (host backends; device backends have none).
+pub fn round_of(
+    ready: &mut Ready<'_>,
+    cell: &Cell,
+    instance: &Instance,
+    op: Op,
+    budget: TimingBudget,
+    one: std::time::Duration,
+) -> Result<Round> {
+    budget.check_call(one)?;
+    let calls = TimingBudget::calls_per_sample(one);
+    if instance.built.device.is_some() {
+        let mut round = Round {
+            samples: Vec::new(),
+            calibration: Vec::new(),
+            calls: 0,
+        };
+        let target = budget.target / budget.rounds.max(1) as u32;
+        let start = std::time::Instant::now();
+        while round.samples.len() < budget.min_samples
+            || (round.samples.len() < budget.max_samples && start.elapsed() < target)
+        {
+            round.samples.push(ready.sample(calls)?);
+            round.calls += calls;
+        }
+        Ok(round)
+    } else {
+        let mut calib = Calibration::new(cell.rotations(), op, instance.threads);
+        Ok(timing::time_round(
+            budget,
+            ready.subject.as_mut(),
+            &mut calib,
+            calls,
+            &mut ready.rep,
+        )?)
+    }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use loss_core::LossError;
 
 use crate::bandwidth::{CopyKernel, sum_chunk};
+use crate::error::Error;
 use crate::schema::Op;
 
 /// How long to time.
@@ -59,15 +60,14 @@ impl TimingBudget {
         ((20e-6 / one_call.as_secs_f64().max(1e-9)).ceil() as usize).clamp(1, 100_000)
     }
 
-    /// `Err` with the reason when one call took longer than the budget allows (on a software
+    /// [`Error::OverBudget`] when one call took longer than the budget allows (on a software
     /// GPU one call over a 1 GiB cell takes tens of seconds).
-    pub fn check_call(&self, one_call: Duration) -> Result<(), String> {
+    pub fn check_call(&self, one_call: Duration) -> Result<(), Error> {
         if one_call > self.max_call {
-            Err(format!(
-                "one call took {:.2} s, over the per-call budget of {:.0} s",
-                one_call.as_secs_f64(),
-                self.max_call.as_secs_f64()
-            ))
+            Err(Error::OverBudget {
+                seconds: one_call.as_secs_f64(),
+                budget: self.max_call.as_secs_f64(),
+            })
         } else {
             Ok(())
         }

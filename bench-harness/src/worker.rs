@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backends::{self, BackendConfig};
 use crate::cells::{Cell, CellSpec};
+use crate::error::Error;
 use crate::instances::{Instance, Variant};
 use crate::schema::Op;
 use crate::subject;
@@ -147,11 +148,11 @@ pub enum Reply {
     Error(String),
 }
 
-fn send(out: &mut impl Write, reply: &Reply) -> Result<(), String> {
-    let line = serde_json::to_string(reply).map_err(|e| e.to_string())?;
+fn send(out: &mut impl Write, reply: &Reply) -> Result<(), Error> {
+    let line = serde_json::to_string(reply).map_err(|e| Error::Worker(e.to_string()))?;
     writeln!(out, "{line}")
         .and_then(|()| out.flush())
-        .map_err(|e| format!("worker: writing a reply: {e}"))
+        .map_err(|e| Error::Worker(format!("worker: writing a reply: {e}")))
 }
 
 fn instance_index(
@@ -185,7 +186,7 @@ fn instance_index(
 /// two processes of one build left to the scheduler differed by 3–10 % for minutes at a time,
 /// as the two virtual CPUs do. Parallel configurations run unpinned (their pools are built
 /// before any pinning, so their threads may use every CPU).
-pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), String> {
+pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), Error> {
     crate::bandwidth::unpin_current_thread(); // remembers the starting mask
     let mut lines = input.lines();
     let mut next = move || -> Result<Option<Request>, String> {
@@ -263,7 +264,7 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), String> 
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        send(&mut output, &Reply::Error(e))?;
+                        send(&mut output, &Reply::Error(e.to_string()))?;
                         continue;
                     }
                 };
@@ -299,7 +300,7 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), String> 
                             send(&mut output, &reply)?;
                         }
                         Ok(Some(Request::Round)) => {
-                            let reply = match crate::run::round_of(
+                            let reply = match crate::subject::round_of(
                                 &mut ready, current, instance, config.op, budget, one,
                             ) {
                                 Ok(r) => Reply::Round(RoundReply {
@@ -307,7 +308,7 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), String> 
                                     calibration: r.calibration,
                                     calls: r.calls,
                                 }),
-                                Err(e) => Reply::Error(e),
+                                Err(e) => Reply::Error(e.to_string()),
                             };
                             send(&mut output, &reply)?;
                         }
@@ -333,18 +334,25 @@ pub struct Client {
     path: PathBuf,
 }
 
+fn worker_error(message: String) -> Error {
+    Error::Worker(message)
+}
+
 impl Client {
     /// Starts `path worker` and checks that it speaks this protocol.
-    pub fn spawn(path: &Path) -> Result<(Client, Hello), String> {
+    pub fn spawn(path: &Path) -> Result<(Client, Hello), Error> {
         let mut child = Command::new(path)
             .arg("worker")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+            .map_err(|e| worker_error(format!("cannot start {}: {e}", path.display())))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(format!("{}: no pipes to the worker", path.display()));
+            return Err(worker_error(format!(
+                "{}: no pipes to the worker",
+                path.display()
+            )));
         };
         let mut w = Client {
             child,
@@ -355,77 +363,89 @@ impl Client {
         w.send(&Request::Hello)?;
         match w.receive()? {
             Reply::Hello(h) if h.protocol == PROTOCOL => Ok((w, h)),
-            Reply::Hello(h) => Err(format!(
+            Reply::Hello(h) => Err(worker_error(format!(
                 "{} speaks worker protocol {}, this build {PROTOCOL}",
                 path.display(),
                 h.protocol
-            )),
-            other => Err(format!("{} answered hello with {other:?}", path.display())),
+            ))),
+            other => Err(worker_error(format!(
+                "{} answered hello with {other:?}",
+                path.display()
+            ))),
         }
     }
 
-    fn send(&mut self, request: &Request) -> Result<(), String> {
-        let line = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    fn send(&mut self, request: &Request) -> Result<(), Error> {
+        let line = serde_json::to_string(request).map_err(|e| Error::Worker(e.to_string()))?;
         writeln!(self.stdin, "{line}")
             .and_then(|()| self.stdin.flush())
-            .map_err(|e| format!("{}: the worker went away: {e}", self.path.display()))
+            .map_err(|e| {
+                worker_error(format!(
+                    "{}: the worker went away: {e}",
+                    self.path.display()
+                ))
+            })
     }
 
-    fn receive(&mut self) -> Result<Reply, String> {
+    fn receive(&mut self) -> Result<Reply, Error> {
         let mut line = String::new();
         let n = self
             .stdout
             .read_line(&mut line)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+            .map_err(|e| worker_error(format!("{}: {e}", self.path.display())))?;
         if n == 0 {
-            return Err(format!(
+            return Err(worker_error(format!(
                 "{} is not a loss-bench worker, or it exited",
                 self.path.display()
-            ));
+            )));
         }
-        serde_json::from_str(&line)
-            .map_err(|e| format!("{}: unreadable reply {line:?}: {e}", self.path.display()))
+        serde_json::from_str(&line).map_err(|e| {
+            worker_error(format!(
+                "{}: unreadable reply {line:?}: {e}",
+                self.path.display()
+            ))
+        })
     }
 
     /// Sends `prepare` without waiting (so two workers can prepare at once).
-    pub fn send_prepare(&mut self, config: &Config) -> Result<(), String> {
+    pub fn send_prepare(&mut self, config: &Config) -> Result<(), Error> {
         self.send(&Request::Prepare {
             config: config.clone(),
         })
     }
 
     /// Reads the answer to `prepare`.
-    pub fn receive_ready(&mut self) -> Result<ReadyReply, String> {
+    pub fn receive_ready(&mut self) -> Result<ReadyReply, Error> {
         match self.receive()? {
             Reply::Ready(r) => Ok(r),
-            Reply::Error(e) => Err(e),
-            other => Err(format!("unexpected reply {other:?}")),
+            Reply::Error(e) => Err(Error::Worker(e)),
+            other => Err(worker_error(format!("unexpected reply {other:?}"))),
         }
     }
 
     /// Prepares a configuration.
-    pub fn prepare(&mut self, config: &Config) -> Result<ReadyReply, String> {
+    pub fn prepare(&mut self, config: &Config) -> Result<ReadyReply, Error> {
         self.send_prepare(config)?;
         self.receive_ready()
     }
 
     /// Times `calls` calls of the prepared configuration; ns per call.
-    pub fn sample(&mut self, calls: usize) -> Result<f64, String> {
+    pub fn sample(&mut self, calls: usize) -> Result<f64, Error> {
         self.send(&Request::Sample { calls })?;
         match self.receive()? {
             Reply::Sample(s) => Ok(s.ns_per_call),
-            Reply::Error(e) => Err(e),
-            other => Err(format!("unexpected reply {other:?}")),
+            Reply::Error(e) => Err(Error::Worker(e)),
+            other => Err(worker_error(format!("unexpected reply {other:?}"))),
         }
     }
 
     /// Times one round of the prepared configuration.
-    pub fn round(&mut self) -> Result<RoundReply, String> {
+    pub fn round(&mut self) -> Result<RoundReply, Error> {
         self.send(&Request::Round)?;
         match self.receive()? {
             Reply::Round(r) => Ok(r),
-            Reply::Error(e) => Err(e),
-            other => Err(format!("unexpected reply {other:?}")),
+            Reply::Error(e) => Err(Error::Worker(e)),
+            other => Err(worker_error(format!("unexpected reply {other:?}"))),
         }
     }
 }

@@ -3,8 +3,8 @@
 use bench_harness::backends::Built;
 use bench_harness::cells::{Cell, CellSpec};
 use bench_harness::instances::{Instance, Variant};
-use bench_harness::run::measure_round;
 use bench_harness::schema::{Op, fastest};
+use bench_harness::subject::measure_round;
 use bench_harness::timing::TimingBudget;
 use loss_core::{LossBackend, Problem, Reduction, ReferenceBackend, Result};
 
