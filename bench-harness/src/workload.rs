@@ -9,27 +9,7 @@ use loss_core::conformance::Tolerance;
 use loss_core::reference;
 use loss_core::{LossOptions, Problem, Reduction, Target};
 
-/// A small, fast, reproducible generator (xorshift64*).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
+pub use loss_core::rng::Rng;
 
 /// The inputs of one grid cell: `(batch, classes)` logits with index targets.
 #[derive(Debug, Clone)]

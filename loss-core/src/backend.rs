@@ -1,7 +1,7 @@
 //! The [`LossBackend`] trait: what every compute backend provides.
 
 use crate::error::Result;
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemData};
 use crate::tolerance::Tolerance;
 
 /// A cross-entropy implementation. Object safe: the harness holds `Box<dyn LossBackend>`.
@@ -82,6 +82,15 @@ pub trait LossBackend: Send + Sync {
     fn tolerance(&self, file: Tolerance) -> Tolerance {
         file
     }
+
+    /// Runs unvalidated problem data through this backend's own entry point for raw input, if it
+    /// has one besides the trait's (which takes validated [`Problem`]s): loss-cpu's in-place
+    /// call, say. `None` (the default) when it has none. The test kit sends malformed data
+    /// through it, which must come back as the same typed error validation gives.
+    fn solve_raw(&self, data: &ProblemData) -> Option<Result<()>> {
+        let _ = data;
+        None
+    }
 }
 
 /// Forwards every method of the trait to the backend behind a pointer, so that `Box<B>`,
@@ -114,6 +123,9 @@ macro_rules! forward_backend_impl {
             }
             fn tolerance(&self, file: Tolerance) -> Tolerance {
                 (**self).tolerance(file)
+            }
+            fn solve_raw(&self, data: &ProblemData) -> Option<Result<()>> {
+                (**self).solve_raw(data)
             }
         }
     )*};

@@ -76,6 +76,7 @@ mod error;
 pub mod formula;
 mod problem;
 pub mod reference;
+pub mod rng;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod tolerance;

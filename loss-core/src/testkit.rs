@@ -11,7 +11,11 @@
 //! agreement; invariance under shifting one position's logits; the gradient against central
 //! finite differences of the `f64` reference loss; `sum = Σ none` and `mean = sum / D`;
 //! fused = forward + backward; bit-identical repeated calls; and a typed error, never a panic,
-//! for malformed input (shapes, targets, options, upstream gradients, output buffers).
+//! for malformed input (shapes, targets, options, upstream gradients, output buffers), also
+//! through a backend's own entry point for raw input. [`large_problems`] runs the agreement on
+//! rows past every backend's path thresholds. The generator ([`Rng`]), the closeness checks
+//! ([`check_close`], [`assert_close`], [`expect_close`]) and the shape strategies are the ones
+//! every test of the workspace uses.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -25,6 +29,69 @@ use crate::reference::{self, ReferenceBackend};
 use crate::{ErrorKind, LossBackend, LossError};
 
 pub use crate::conformance::DEFAULT_TOLERANCE;
+
+pub use crate::rng::Rng;
+
+/// Where `got` and `expected` differ by more than `tol`: the first few mismatches with their
+/// indices, or `Ok` (lengths must agree too).
+pub fn check_close(
+    what: &str,
+    got: &[f32],
+    expected: &[f64],
+    tol: Tolerance,
+) -> Result<(), String> {
+    if got.len() != expected.len() {
+        return Err(format!(
+            "{what}: {} values, expected {}",
+            got.len(),
+            expected.len()
+        ));
+    }
+    let bad: Vec<String> = got
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|&(_, (&g, &e))| !tol.allows(f64::from(g), e))
+        .take(4)
+        .map(|(i, (g, e))| format!("[{i}] got {g:e} expected {e:e}"))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{what}: {}", bad.join(", ")))
+    }
+}
+
+/// [`check_close`] for unit tests: panics with the mismatches.
+///
+/// # Panics
+/// When the values differ beyond `tol`.
+pub fn expect_close(what: &str, got: &[f32], expected: &[f64], tol: Tolerance) {
+    if let Err(e) = check_close(what, got, expected, tol) {
+        panic!("{e}");
+    }
+}
+
+/// The bits of each value (for bit-identity checks).
+pub fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `f32` values as `f64`.
+pub fn widen(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&x| f64::from(x)).collect()
+}
+
+/// Floats uniform in `[lo, hi]` on a grid of 2^24 steps. (proptest's own `f32` ranges trip a
+/// debug assertion of its float sampler on some seeds — seen here with `0.1f32..2.0` — while
+/// integers mapped to floats cannot.)
+pub fn uniform(lo: f32, hi: f32) -> impl Strategy<Value = f32> + Clone {
+    const STEPS: u32 = 1 << 24;
+    (0..=STEPS).prop_map(move |k| {
+        let t = k as f32 / STEPS as f32;
+        (lo + (hi - lo) * t).clamp(lo, hi)
+    })
+}
 
 fn class_axis(shape: &[usize]) -> usize {
     usize::from(shape.len() > 1)
@@ -51,13 +118,13 @@ pub fn problems_of(
             let positions = len / classes;
             (
                 Just(shape),
-                prop::collection::vec(-30.0f32..30.0, len),
-                prop::option::of(prop::collection::vec(0.1f32..2.0, classes)),
+                prop::collection::vec(uniform(-30.0, 30.0), len),
+                prop::option::of(prop::collection::vec(uniform(0.1, 2.0), classes)),
                 prop_oneof![Just(-100i64), Just(-1i64), 0..classes as i64],
                 prop::collection::vec((0..classes as i64, prop::bool::weighted(0.2)), positions),
-                prop::option::weighted(0.3, prop::collection::vec(0.0f32..1.0, len)),
+                prop::option::weighted(0.3, prop::collection::vec(uniform(0.0, 1.0), len)),
                 prop::sample::select(Reduction::ALL.to_vec()),
-                prop_oneof![Just(0.0f32), 0.0f32..=1.0],
+                prop_oneof![Just(0.0f32), uniform(0.0, 1.0)],
             )
         })
         .prop_map(
@@ -96,6 +163,25 @@ pub fn problems_of(
 /// Random valid problems of [`shapes`].
 pub fn problems() -> impl Strategy<Value = ProblemData> {
     problems_of(shapes())
+}
+
+/// Rows larger than the small shapes reach, where backends change paths: past loss-cpu's
+/// 2048-logit chunk, around the wgpu backend's switch from one position per invocation to a
+/// workgroup per position (64 classes), and few rows of at least 32K classes (loss-rayon's
+/// split path). Each backend runs the same properties on them.
+pub fn large_shapes() -> impl Strategy<Value = Vec<usize>> {
+    prop_oneof![
+        (1usize..4, 2049usize..6000).prop_map(|(n, c)| vec![n, c]),
+        (1usize..40, 60usize..70).prop_map(|(n, c)| vec![n, c]),
+        (1usize..3, 32768usize..40000).prop_map(|(n, c)| vec![n, c]),
+        (2049usize..2200).prop_map(|c| vec![c]),
+        (1usize..3, 60usize..70, 3usize..9).prop_map(|(n, c, d)| vec![n, c, d]),
+    ]
+}
+
+/// Random valid problems of [`large_shapes`].
+pub fn large_problems() -> impl Strategy<Value = ProblemData> {
+    problems_of(large_shapes())
 }
 
 /// A valid problem made malformed in one of several ways, with the error kind it must give.
@@ -203,28 +289,14 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| TestCaseError::fail(format!("{what} panicked")))
 }
 
-/// Checks that two vectors agree within `tol`; names the first mismatches and their indices.
+/// [`check_close`] inside a property test.
 pub fn assert_close(
     what: &str,
     got: &[f32],
     expected: &[f64],
     tol: Tolerance,
 ) -> Result<(), TestCaseError> {
-    prop_assert_eq!(got.len(), expected.len(), "{}: lengths differ", what);
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|&(_, (&g, &e))| !tol.allows(f64::from(g), e))
-        .take(4)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e} expected {e:e}"))
-        .collect();
-    prop_assert!(bad.is_empty(), "{}: {}", what, bad.join(", "));
-    Ok(())
-}
-
-fn widen(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x)).collect()
+    check_close(what, got, expected, tol).map_err(TestCaseError::fail)
 }
 
 fn upstream(data: &ProblemData, loss_len: usize) -> Vec<f32> {
@@ -390,20 +462,42 @@ pub fn check_fused_and_deterministic(
     assert_close("fused loss", &fl, &widen(&l), tol)?;
     assert_close("fused grad", &fg, &widen(&gr), tol)?;
     let (fl2, fg2) = backend.forward_backward(&problem, &g).map_err(fail)?;
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     prop_assert_eq!(bits(&fl), bits(&fl2), "repeated loss differs");
     prop_assert_eq!(bits(&fg), bits(&fg2), "repeated grad differs");
     Ok(())
 }
 
-/// Malformed problem data gives the expected error kind from validation, never a panic.
-pub fn check_malformed(data: &ProblemData, kind: ErrorKind) -> Result<(), TestCaseError> {
+/// Malformed problem data gives the expected error kind, never a panic and never a number: from
+/// validation ([`ProblemData::problem`], the only way to a [`crate::Problem`], hence to every
+/// entry point of the trait), and from the backend's own entry point for raw input when it has
+/// one ([`LossBackend::solve_raw`]).
+pub fn check_malformed(
+    backend: &dyn LossBackend,
+    data: &ProblemData,
+    kind: ErrorKind,
+) -> Result<(), TestCaseError> {
     match guarded("Problem::new", || data.problem().map(|_| ()))? {
-        Ok(()) => Err(TestCaseError::fail(format!(
-            "accepted malformed input; expected {kind}"
+        Ok(()) => {
+            return Err(TestCaseError::fail(format!(
+                "accepted malformed input; expected {kind}"
+            )));
+        }
+        Err(e) => prop_assert_eq!(e.kind(), kind, "wrong error: {}", e),
+    }
+    match guarded("solve_raw", || backend.solve_raw(data))? {
+        None => Ok(()),
+        Some(Ok(())) => Err(TestCaseError::fail(format!(
+            "{}'s raw entry point accepted malformed input; expected {kind}",
+            backend.name()
         ))),
-        Err(e) => {
-            prop_assert_eq!(e.kind(), kind, "wrong error: {}", e);
+        Some(Err(e)) => {
+            prop_assert_eq!(
+                e.kind(),
+                kind,
+                "{}'s raw entry point: {}",
+                backend.name(),
+                e
+            );
             Ok(())
         }
     }
@@ -478,64 +572,127 @@ pub fn check_bad_buffers(
     )
 }
 
-/// Generates the property tests of this module for a backend expression.
+/// Generates the property tests of this module for a backend.
 ///
 /// ```ignore
 /// loss_core::backend_property_tests!(loss_cpu::CpuBackend::new());
+/// loss_core::backend_property_tests!(loss_cpu::CpuBackend::new(), 64); // cases per property
+/// // A backend that may be missing on this machine: an `Option`, evaluated once per test; when
+/// // it is `None` each test prints one `SKIPPED` line and checks nothing (it never falls back
+/// // to another backend).
+/// loss_core::backend_property_tests!(available: my_gpu_backend(), 48);
 /// ```
+///
+/// Every backend runs the same properties: on [`problems`] (small shapes of every kind) and on
+/// [`large_problems`] (rows past the paths' thresholds, fewer cases).
 #[macro_export]
 macro_rules! backend_property_tests {
     ($make:expr) => {
-        $crate::backend_property_tests!($make, 64);
+        $crate::backend_property_tests!(@tests (::core::option::Option::Some($make)), 64);
+    };
+    (available: $opt:expr) => {
+        $crate::backend_property_tests!(@tests ($opt), 64);
+    };
+    (available: $opt:expr, $cases:expr) => {
+        $crate::backend_property_tests!(@tests ($opt), $cases);
     };
     ($make:expr, $cases:expr) => {
+        $crate::backend_property_tests!(@tests (::core::option::Option::Some($make)), $cases);
+    };
+    (@tests ($opt:expr), $cases:expr) => {
         mod backend_properties {
             #[allow(unused_imports)] // the backend expression may name items of the parent
             use super::*;
             use $crate::testkit as kit;
             use $crate::testkit::proptest::prelude::*;
 
-            fn config() -> kit::proptest::test_runner::Config {
-                kit::proptest::test_runner::Config::with_cases($cases)
+            fn config(cases: u32) -> kit::proptest::test_runner::Config {
+                kit::proptest::test_runner::Config::with_cases(cases)
             }
 
-            kit::proptest::proptest! {
-                #![proptest_config(config())]
+            /// Runs `$body` with `$b` bound to the backend, or reports the test skipped.
+            macro_rules! with_backend {
+                ($b:ident => $body:block) => {{
+                    let Some(backend) = $opt else {
+                        eprintln!("SKIPPED: the backend is not available on this machine");
+                        return;
+                    };
+                    let $b: &dyn $crate::LossBackend = &backend;
+                    $body
+                }};
+            }
 
-                #[test]
-                fn matches_reference(data in kit::problems()) {
-                    kit::check_matches_reference(&$make, &data)?;
-                }
+            #[test]
+            fn matches_reference() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config($cases), |(data in kit::problems())| {
+                        kit::check_matches_reference(b, &data)?;
+                    });
+                })
+            }
 
-                #[test]
-                fn shift_invariant(data in kit::problems(), shift in -20.0f32..20.0, which in 0usize..64) {
-                    kit::check_shift_invariance(&$make, &data, shift, which)?;
-                }
+            #[test]
+            fn large_rows_match_reference() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config(6), |(data in kit::large_problems())| {
+                        kit::check_matches_reference(b, &data)?;
+                        kit::check_fused_and_deterministic(b, &data)?;
+                    });
+                })
+            }
 
-                #[test]
-                fn gradient_matches_finite_differences(data in kit::problems()) {
-                    kit::check_finite_differences(&$make, &data)?;
-                }
+            #[test]
+            fn shift_invariant() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config($cases), |(data in kit::problems(), shift in kit::uniform(-20.0, 20.0), which in 0usize..64)| {
+                        kit::check_shift_invariance(b, &data, shift, which)?;
+                    });
+                })
+            }
 
-                #[test]
-                fn reductions_consistent(data in kit::problems()) {
-                    kit::check_reductions(&$make, &data)?;
-                }
+            #[test]
+            fn gradient_matches_finite_differences() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config($cases), |(data in kit::problems())| {
+                        kit::check_finite_differences(b, &data)?;
+                    });
+                })
+            }
 
-                #[test]
-                fn fused_matches_separate_and_repeats(data in kit::problems()) {
-                    kit::check_fused_and_deterministic(&$make, &data)?;
-                }
+            #[test]
+            fn reductions_consistent() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config($cases), |(data in kit::problems())| {
+                        kit::check_reductions(b, &data)?;
+                    });
+                })
+            }
 
-                #[test]
-                fn malformed_input_is_a_typed_error((data, kind) in kit::malformed_problems()) {
-                    kit::check_malformed(&data, kind)?;
-                }
+            #[test]
+            fn fused_matches_separate_and_repeats() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config($cases), |(data in kit::problems())| {
+                        kit::check_fused_and_deterministic(b, &data)?;
+                    });
+                })
+            }
 
-                #[test]
-                fn wrong_buffers_are_a_typed_error(data in kit::problems(), extra in 1usize..3) {
-                    kit::check_bad_buffers(&$make, &data, extra)?;
-                }
+            #[test]
+            fn malformed_input_is_a_typed_error() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config($cases), |((data, kind) in kit::malformed_problems())| {
+                        kit::check_malformed(b, &data, kind)?;
+                    });
+                })
+            }
+
+            #[test]
+            fn wrong_buffers_are_a_typed_error() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config($cases), |(data in kit::problems(), extra in 1usize..3)| {
+                        kit::check_bad_buffers(b, &data, extra)?;
+                    });
+                })
             }
         }
     };
@@ -544,15 +701,8 @@ macro_rules! backend_property_tests {
 /// A reproducible `(batch, classes)` problem for benchmarks and measurements: logits uniform in
 /// `[-6, 6)`, index targets uniform over the classes, weights in `[0.5, 1.5)`, weighted mean.
 pub fn weighted_batch(batch: usize, classes: usize, seed: u64) -> ProblemData {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        // xorshift64*
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
-    let mut unit = move || (next() >> 40) as f32 / (1u64 << 24) as f32;
+    let mut rng = Rng::new(seed);
+    let mut unit = move || rng.unit();
     let logits = (0..batch * classes).map(|_| unit() * 12.0 - 6.0).collect();
     let targets = (0..batch)
         .map(|_| ((unit() * classes as f32) as i64).min(classes as i64 - 1))

@@ -1,6 +1,8 @@
 //! [`CpuBackend`]: the [`LossBackend`] over the [`kernel`](crate::kernel) units, in order.
 
-use loss_core::{LossBackend, LossOptions, Problem, Reduction, Result, Target, TargetData};
+use loss_core::{
+    LossBackend, LossOptions, Problem, ProblemData, Reduction, Result, Target, TargetData,
+};
 
 use crate::kernel::Plan;
 
@@ -71,6 +73,26 @@ fn mean_denominator(plan: &Plan<'_>) -> f64 {
 impl LossBackend for CpuBackend {
     fn name(&self) -> &str {
         "cpu"
+    }
+
+    /// [`CpuBackend::forward_backward_in_place`], which takes unvalidated parts.
+    fn solve_raw(&self, data: &ProblemData) -> Option<Result<()>> {
+        let mut logits = data.logits.clone();
+        // The loss's length as the shape claims it (validation judges the shape itself).
+        let loss_len = match (data.reduction, data.shape.as_slice()) {
+            (Reduction::None, [n, _, rest @ ..]) => rest.iter().product::<usize>() * n,
+            _ => 1,
+        };
+        let upstream = vec![1.0f32; loss_len];
+        let mut loss = vec![0.0f32; loss_len];
+        Some(self.forward_backward_in_place(
+            &mut logits,
+            &data.shape,
+            data.target(),
+            data.options(),
+            &upstream,
+            &mut loss,
+        ))
     }
 
     fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {

@@ -11,11 +11,11 @@ use proptest::prelude::*;
 
 fn extreme() -> impl Strategy<Value = f32> {
     prop_oneof![
-        4 => -30.0f32..30.0,
+        4 => kit::uniform(-30.0, 30.0),
         1 => Just(f32::NEG_INFINITY),
         1 => Just(f32::INFINITY),
         1 => Just(f32::NAN),
-        1 => -1e30f32..1e30,
+        1 => kit::uniform(-1e30, 1e30),
     ]
 }
 

@@ -9,26 +9,10 @@ use loss_cpu::kernel::{LseState, Plan, softmax_scaled};
 
 const TOL: Tolerance = Tolerance::new(1e-4, 1e-5);
 
-/// A small deterministic generator (xorshift), so that tests need no seed plumbing.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use loss_core::testkit::{Rng, bits};
 
 fn index_problem(shape: &[usize], seed: u64, ignore_every: usize) -> ProblemData {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let len: usize = shape.iter().product();
     let classes = if shape.len() > 1 { shape[1] } else { shape[0] };
     let positions = len / classes;
@@ -65,17 +49,7 @@ fn index_problem(shape: &[usize], seed: u64, ignore_every: usize) -> ProblemData
 }
 
 fn close(what: &str, got: &[f32], expected: &[f32], tol: Tolerance) {
-    assert_eq!(got.len(), expected.len(), "{what}: lengths");
-    for (i, (&g, &e)) in got.iter().zip(expected).enumerate() {
-        assert!(
-            tol.allows(f64::from(g), f64::from(e)),
-            "{what}[{i}]: got {g:e}, expected {e:e}"
-        );
-    }
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
+    loss_core::testkit::expect_close(what, got, &loss_core::testkit::widen(expected), tol);
 }
 
 fn upstream(data: &ProblemData) -> Vec<f32> {
@@ -110,7 +84,7 @@ fn matches_reference(data: &ProblemData) {
 }
 
 fn with_probs(mut data: ProblemData, seed: u64) -> ProblemData {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     data.target = OwnedTarget::Probs(data.logits.iter().map(|_| rng.uniform(0.0, 1.0)).collect());
     data.target_shape = data.shape.clone();
     data

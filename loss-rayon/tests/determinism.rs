@@ -58,9 +58,7 @@ fn cases() -> Vec<ProblemData> {
     ]
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
+use loss_core::testkit::bits;
 
 /// Fused loss and gradient bits, plus forward-alone loss bits; backward alone must equal the
 /// fused gradient bit for bit.

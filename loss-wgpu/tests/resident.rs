@@ -5,9 +5,7 @@ mod common;
 use common::Rng;
 use loss_core::{ErrorKind, LossBackend, LossOptions, Problem, Reduction, Target};
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
+use common::bits;
 
 #[test]
 fn resident_runs_match_end_to_end() {

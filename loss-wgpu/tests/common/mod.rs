@@ -5,7 +5,7 @@
 use std::sync::{Once, OnceLock};
 
 use loss_core::conformance::Tolerance;
-use loss_core::{LossBackend, Problem, ProblemData, ReferenceBackend, Result, reference};
+use loss_core::{LossBackend, ProblemData, reference};
 use loss_wgpu::{WgpuBackend, WgpuOptions};
 
 /// The backend of this test binary, opened once; `None` (after one `SKIPPED` line on stderr)
@@ -62,66 +62,6 @@ pub fn both() -> Vec<&'static WgpuBackend> {
     backend().into_iter().chain(workgroup_backend()).collect()
 }
 
-/// A shared backend by value, for `backend_property_tests!` (which borrows a fresh value per
-/// case): `Shared(backend)` or `Shared(workgroup_backend)`. Without an adapter it forwards to
-/// the reference backend after the `SKIPPED` line, so the property tests pass vacuously
-/// rather than fail (and fail with `LOSS_WGPU_REQUIRE_ADAPTER=1`).
-pub struct Shared(pub fn() -> Option<&'static WgpuBackend>);
-
-impl Shared {
-    fn inner(&self) -> &dyn LossBackend {
-        static REFERENCE: ReferenceBackend = ReferenceBackend;
-        match (self.0)() {
-            Some(b) => b,
-            None => &REFERENCE,
-        }
-    }
-}
-
-impl LossBackend for Shared {
-    fn name(&self) -> &str {
-        self.inner().name()
-    }
-    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
-        self.inner().forward_into(problem, loss)
-    }
-    fn backward_into(
-        &self,
-        problem: &Problem<'_>,
-        grad_output: &[f32],
-        grad: &mut [f32],
-    ) -> Result<()> {
-        self.inner().backward_into(problem, grad_output, grad)
-    }
-    fn forward_backward_into(
-        &self,
-        problem: &Problem<'_>,
-        grad_output: &[f32],
-        loss: &mut [f32],
-        grad: &mut [f32],
-    ) -> Result<()> {
-        self.inner()
-            .forward_backward_into(problem, grad_output, loss, grad)
-    }
-    fn tolerance(&self, file: Tolerance) -> Tolerance {
-        self.inner().tolerance(file)
-    }
-}
-
-/// Asserts `got` is within `tol` of `expected`, naming the first mismatches.
-pub fn assert_close(what: &str, got: &[f32], expected: &[f64], tol: Tolerance) {
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    let bad: Vec<String> = got
-        .iter()
-        .zip(expected)
-        .enumerate()
-        .filter(|&(_, (&g, &e))| !tol.allows(f64::from(g), e))
-        .take(5)
-        .map(|(i, (g, e))| format!("[{i}] got {g:e} expected {e:e}"))
-        .collect();
-    assert!(bad.is_empty(), "{what}: {}", bad.join(", "));
-}
-
 /// Checks loss and gradient of `backend` against the f64 reference, with upstream gradient
 /// `g` (or a fixed one when `None`).
 pub fn check_against_reference(backend: &dyn LossBackend, data: &ProblemData, tol: Tolerance) {
@@ -144,29 +84,5 @@ pub fn check_against_reference(backend: &dyn LossBackend, data: &ProblemData, to
     assert_close("backward grad", &grad_only, &want_grad, tol);
 }
 
-/// A deterministic pseudo-random stream (xorshift), so large tests need no generator crate.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in `[lo, hi)`.
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * unit
-    }
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    pub fn logits(&mut self, len: usize, spread: f32) -> Vec<f32> {
-        (0..len).map(|_| self.uniform(-spread, spread)).collect()
-    }
-}
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use loss_core::testkit::{Rng, bits, expect_close as assert_close};
