@@ -12,9 +12,8 @@
 //! build is faster), summarised by its median over pairs with a 95 % bootstrap interval (2000
 //! resamples, a fixed seed per configuration, so the same samples give the same interval). The
 //! verdict is `faster` / `slower` only when the whole interval lies beyond `min_effect` (3 % by
-//! default: measured on the reference VM, two processes of one build, pinned to the same CPU,
-//! still differ by up to 2.5 % on one-thread configurations, through where their buffers land;
-//! unpinned they differed by 3–10 %, which is why the workers pin), `same` otherwise.
+//! default: above what two processes of one build differ by, bench-harness/NOTES.md), `same`
+//! otherwise.
 //! `--fail-above X` fails only a configuration whose whole interval says it is more than `X`
 //! slower.
 

@@ -182,10 +182,10 @@ fn instance_index(
 /// Serves requests from `input` until `quit` or the end of the input.
 ///
 /// A one-thread configuration is timed with the worker's thread pinned to the first CPU it may
-/// use (two workers of an `ab` run alternate, so they share it): measured on the reference VM,
-/// two processes of one build left to the scheduler differed by 3–10 % for minutes at a time,
-/// as the two virtual CPUs do. Parallel configurations run unpinned (their pools are built
-/// before any pinning, so their threads may use every CPU).
+/// use (two workers of an `ab` run alternate, so they share it): two processes of one build left
+/// to the scheduler differ as the machine's CPUs do (bench-harness/NOTES.md). Parallel
+/// configurations run unpinned (their pools are built before any pinning, so their threads may
+/// use every CPU).
 pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), Error> {
     crate::bandwidth::unpin_current_thread(); // remembers the starting mask
     let mut lines = input.lines();

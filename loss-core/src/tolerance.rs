@@ -39,5 +39,5 @@ impl Tolerance {
 }
 
 /// The tolerance of the vendored vectors, used wherever no file gives one (property tests, the
-/// harness's cross-checks). Backends may loosen it through [`LossBackend::tolerance`].
+/// harness's cross-checks). Backends may loosen it through [`crate::LossBackend::tolerance`].
 pub const DEFAULT_TOLERANCE: Tolerance = Tolerance::new(1e-4, 1e-5);

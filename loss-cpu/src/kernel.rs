@@ -26,7 +26,7 @@
 //! chunk is prefetched meanwhile. The fused pass stores each `exp(x − max_k)` as it sums it and,
 //! once the row's LSE is known, turns it into the gradient with one multiply per logit (`exp` is
 //! evaluated once per logit), re-reading the row from cache. (Non-temporal stores for gradients
-//! larger than the cache were tried and measured 1.3–2.9× slower: NOTES.md #20.)
+//! larger than the cache were tried and measured slower: NOTES.md #20.)
 //!
 //! Short rows (`C ≤ 32`, index targets) and K-dimensional input (`inner > 1`) are vectorised
 //! *across positions*: one SIMD vector holds the same class of several positions (short rows are
@@ -52,8 +52,7 @@ use units::{Forward, Fused, InPlace, Mode, UnitOp};
 /// Positions per deterministic unit (see the [module docs](self)).
 pub const BLOCK: usize = 256;
 /// Logits per unit at most (256 KiB): with 32K-class rows a unit is two rows, so a batch of 256
-/// such rows still splits into 128 units (measured: with 256-row units, 256×32000 ran on one
-/// thread of two).
+/// such rows still splits into 128 units for loss-rayon (NOTES.md #19).
 pub const UNIT_LOGITS: usize = 64 * 1024;
 /// Logits of a contiguous row handled per online-softmax step (8 KiB: stays in L1 for the
 /// second look and bounds the number of `f32` terms per lane before the `f64` fold).

@@ -33,10 +33,8 @@ use rayon::prelude::*;
 pub use loss_cpu::kernel::LseState;
 pub use split::RowPartial;
 
-/// Problems with fewer logits than this run on the calling thread. Measured on the 2-core
-/// reference machine with `cargo run --release -p loss-rayon --example crossover` (fused, weighted
-/// mean, parallel path forced): 2 threads took 0.28× loss-cpu's speed at 4K logits, 0.73× at
-/// 32K, 0.80× at 64K, 1.11× at 128K and 1.13× at 256K, so the parallel path starts at 128K.
+/// Problems with fewer logits than this run on the calling thread: the measured crossover of the
+/// parallel path on the reference machine (NOTES.md, "Sequential below").
 pub const SEQUENTIAL_BELOW: usize = 128 * 1024;
 
 /// Logits per rayon task at least (groups of units), so small-row problems do not drown in
@@ -98,15 +96,10 @@ impl RayonBackend {
         self
     }
 
-    /// Also split rows across threads when a gradient is asked for (off by default).
-    ///
-    /// Measured on the 2-core reference machine (`loss-bench run --cells 1x128256,8x128256
-    /// --backend cpu --backend rayon --threads 1,2`): loss-cpu's fused pass over one 128K-class
-    /// row already runs at 92% of the copy bandwidth, which two threads raise by only 1.25×
-    /// (18.6 → 23.2 GB/s), while the split gradient pays a second `exp` pass; split fused ran at
-    /// 0.74× loss-cpu for N = 1 and 1.06× for N = 8, against 1.0× and 1.3× for rows handed out
-    /// whole. Forward, compute-bound, keeps splitting. Machines with more bandwidth per core are
-    /// where this pays; the bits do not depend on the thread count either way.
+    /// Also split rows across threads when a gradient is asked for (off by default: the split
+    /// gradient pays a second `exp` pass, which measured slower than rows handed out whole on
+    /// the reference machine, NOTES.md, "Split gradients"). Machines with more bandwidth per
+    /// core are where it pays; the bits do not depend on the thread count either way.
     pub fn with_split_gradients(mut self, split: bool) -> Self {
         self.split_gradients = split;
         self

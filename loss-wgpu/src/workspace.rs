@@ -3,7 +3,8 @@
 //! A [`Workspace`] holds the problem's data split into chunks (ranges of batch items, each of
 //! which fits one storage binding), the per-position losses, the gradient and the readback
 //! staging. Buffers only grow: loading a problem that fits the current capacities writes into
-//! the existing buffers, so the end-to-end path allocates nothing after the first call.
+//! the existing device buffers (the host still makes small per-call allocations: the parameter
+//! blocks, and wgpu's own staging for each write).
 
 use std::num::NonZeroU64;
 use std::sync::mpsc;
