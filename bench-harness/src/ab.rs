@@ -1,6 +1,6 @@
 //! `loss-bench ab --against OTHER`: two builds timed in one run, interleaved sample by sample.
 //!
-//! Both builds run as [`worker`](crate::worker) processes — this binary and `OTHER` — driven
+//! Both builds run as [`worker`] processes — this binary and `OTHER` — driven
 //! identically, so neither has an advantage of being the driver. For each configuration both
 //! workers prepare it (each checks its own answer against its own reference; they prepare at the
 //! same time, one per core), then the driver asks them for samples in turn, `A B B A A B …`:

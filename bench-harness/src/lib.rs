@@ -6,7 +6,7 @@
 //!   [`peers`] (PyTorch and JAX through Python, candle behind the `peers` feature);
 //! - [`ab`]: two builds timed in one run, interleaved, each a [`worker`] process;
 //! - [`counts`]: deterministic instruction and cache-miss counts under Valgrind;
-//! - [`schema`] and [`format`]: the result file and its renderings;
+//! - [`schema`] and [`format`](mod@format): the result file and its renderings;
 //! - [`compare`], [`plot`], [`profile`]: regressions, pictures, and picking a backend in code.
 
 pub mod ab;

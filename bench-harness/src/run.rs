@@ -9,7 +9,7 @@
 //! computes each cell's reference answer and checks every configuration's outputs against it;
 //! later rounds regenerate the same inputs and require the same output bits (a configuration
 //! that does not reproduce them is reported as disagreeing). Each subject sample is interleaved
-//! with a sample of the [`Calibration`] kernel over the same data.
+//! with a sample of the [`Calibration`](crate::timing::Calibration) kernel over the same data.
 
 use std::collections::BTreeMap;
 
