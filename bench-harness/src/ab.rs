@@ -8,9 +8,17 @@
 //! by tens of percent over minutes) hits both alike, and alternating who goes first cancels
 //! any advantage of going first. While one worker is timed the other waits on its input.
 //!
+//! What is fixed for a process — where its code, stack and buffers land — moves a small kernel's
+//! speed by several percent (measured: two processes of one build differed by up to 12 % on
+//! 130 ns calls, with tight intervals, run after run), so one pair of processes would compare
+//! two placements, not two builds. So each configuration is timed in several blocks, each in a
+//! new pair of worker processes whose buffers and stack are also moved by random pads, and the
+//! pairs are split between the blocks.
+//!
 //! The statistic is the ratio of paired samples, `against / current` time (above 1: the current
-//! build is faster), summarised by its median over pairs with a 95 % bootstrap interval (2000
-//! resamples, a fixed seed per configuration, so the same samples give the same interval). The
+//! build is faster), summarised by its median over pairs with a 95 % interval from a two-level
+//! bootstrap (blocks, then pairs within them; 2000 resamples, a fixed seed per configuration, so
+//! the same samples give the same interval). The
 //! verdict is `faster` / `slower` only when the whole interval lies beyond `min_effect` (3 % by
 //! default: above what two processes of one build differ by, bench-harness/NOTES.md), `same`
 //! otherwise.
@@ -44,7 +52,17 @@ pub struct AbBudget {
     pub target: Duration,
     /// Each sample lasts at least this long.
     pub sample: Duration,
+    /// The configuration is prepared this many times, each at a new random placement of its
+    /// buffers and stack, and the pairs are split evenly between them (cells of at most
+    /// [`SMALL_CELL_BYTES`], whose speed depends on placement the most).
+    pub blocks: usize,
+    /// Placements of a larger cell (its buffers are whole pages apart anyway; rebuilding a large
+    /// cell costs time).
+    pub large_blocks: usize,
 }
+
+/// Cells of at most this many bytes of logits get [`AbBudget::blocks`] placements.
+pub const SMALL_CELL_BYTES: usize = 16 << 20;
 
 impl AbBudget {
     /// The budget of a normal or a `--quick` run.
@@ -55,6 +73,8 @@ impl AbBudget {
                 max_pairs: 100,
                 target: Duration::from_millis(300),
                 sample: Duration::from_millis(1),
+                blocks: 4,
+                large_blocks: 2,
             }
         } else {
             AbBudget {
@@ -62,6 +82,8 @@ impl AbBudget {
                 max_pairs: 300,
                 target: Duration::from_millis(1500),
                 sample: Duration::from_millis(2),
+                blocks: 8,
+                large_blocks: 2,
             }
         }
     }
@@ -146,6 +168,41 @@ impl Paired {
             low: timing::percentile(&medians, 0.025).exp(),
             high: timing::percentile(&medians, 0.975).exp(),
             pairs: n,
+        }
+    }
+
+    /// Compares blocks of paired samples (each block one placement of the buffers): the median
+    /// over every pair, with an interval from a two-level bootstrap (blocks drawn with
+    /// replacement, then pairs within each drawn block), so that a difference between
+    /// placements widens the interval instead of passing for a difference between builds.
+    pub fn of_blocks(blocks: &[(Vec<f64>, Vec<f64>)], seed: u64) -> Paired {
+        if blocks.len() == 1 {
+            return Paired::of(&blocks[0].0, &blocks[0].1, seed);
+        }
+        let logs: Vec<Vec<f64>> = blocks
+            .iter()
+            .map(|(c, a)| c.iter().zip(a).map(|(c, a)| (a / c).ln()).collect())
+            .collect();
+        let all: Vec<f64> = logs.iter().flatten().copied().collect();
+        let mut rng = crate::workload::Rng::new(seed);
+        let mut medians: Vec<f64> = (0..2000)
+            .map(|_| {
+                let mut resample = Vec::with_capacity(all.len());
+                for _ in 0..logs.len() {
+                    let block = &logs[rng.below(logs.len())];
+                    for _ in 0..block.len() {
+                        resample.push(block[rng.below(block.len())]);
+                    }
+                }
+                timing::median(&resample)
+            })
+            .collect();
+        medians.sort_by(f64::total_cmp);
+        Paired {
+            ratio: timing::median(&all).exp(),
+            low: timing::percentile(&medians, 0.025).exp(),
+            high: timing::percentile(&medians, 0.975).exp(),
+            pairs: all.len(),
         }
     }
 
@@ -298,6 +355,7 @@ pub fn configs(opts: &RunOptions, skipped: &mut Vec<Skipped>) -> Vec<Config> {
                             op,
                             quick: opts.quick,
                             reference: true,
+                            fresh: false,
                         });
                     }
                 }
@@ -348,8 +406,19 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
     let (against, hello_b) = Client::spawn(&opts.against)?;
     let mut workers = [current, against];
     let mut skipped = Vec::new();
+    let mut caveats = std::collections::BTreeSet::new();
     let configs = configs(&opts.run, &mut skipped);
     let budget = AbBudget::for_run(opts.run.quick);
+    // Blocks run in new processes; moving the buffers within a process too needs both workers
+    // to rebuild them on request (protocol 2).
+    let placements = hello_a.protocol >= 2 && hello_b.protocol >= 2;
+    if !placements {
+        eprintln!(
+            "ab: {} speaks worker protocol {}: its buffers are not moved within a process",
+            opts.against.display(),
+            hello_b.protocol
+        );
+    }
     let max_call = timing::TimingBudget::for_run(opts.run.quick).max_call;
     let bar = crate::progress::progress(configs.len() as u64);
     let mut results = Vec::new();
@@ -378,7 +447,20 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
                 config.op, config.threads, config.variant
             ),
         };
-        let [ra, rb] = match prepare_both(&mut workers, config) {
+        // Skip a backend whose timings mean nothing here once, not once per configuration.
+        if caveats.contains(&config.backend) {
+            continue;
+        }
+        let blocks = if config.cell.bytes() <= SMALL_CELL_BYTES {
+            budget.blocks
+        } else {
+            budget.large_blocks
+        };
+        let first = Config {
+            fresh: placements,
+            ..config.clone()
+        };
+        let [ra, rb] = match prepare_both(&mut workers, &first) {
             Ok(r) => r,
             Err(e) => {
                 skipped.push(skip(e.to_string()));
@@ -388,10 +470,14 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
         if opts.run.backends.is_empty()
             && let Some(why) = ra.caveat.as_ref().or(rb.caveat.as_ref())
         {
-            skipped.push(skip(format!(
-                "not timed by default: {why}; `--backend {}` times it anyway",
-                config.backend
-            )));
+            skipped.push(Skipped::backend(
+                &config.backend,
+                format!(
+                    "not timed by default: {why}; `--backend {}` times it anyway",
+                    config.backend
+                ),
+            ));
+            caveats.insert(config.backend.clone());
             continue;
         }
         let mut result = AbResult {
@@ -429,33 +515,71 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
         let calls = ((budget.sample.as_secs_f64() / slowest.as_secs_f64().max(1e-9)).ceil()
             as usize)
             .clamp(1, 1_000_000);
-        let sampled = (|| -> Result<(Vec<f64>, Vec<f64>), Error> {
-            // Warm-up: one sample each, not kept.
-            workers[0].sample(calls)?;
-            workers[1].sample(calls)?;
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            let start = Instant::now();
-            while a.len() < budget.min_pairs
-                || (a.len() < budget.max_pairs && start.elapsed() < budget.target)
-            {
-                if a.len() % 2 == 0 {
-                    a.push(workers[0].sample(calls)?);
-                    b.push(workers[1].sample(calls)?);
-                } else {
-                    b.push(workers[1].sample(calls)?);
-                    a.push(workers[0].sample(calls)?);
+        let digests = [ra.digest, rb.digest];
+        let sampled = (|| -> Result<Vec<(Vec<f64>, Vec<f64>)>, Error> {
+            let mut sampled = Vec::new();
+            for block in 0..blocks {
+                if block > 0 {
+                    // A new placement of the same configuration, in a new pair of processes
+                    // (what is fixed for a process — where its code, stack and heap land —
+                    // moves a small kernel by several percent); the outputs were checked
+                    // against the reference in block 0 and must keep their bits.
+                    workers = [
+                        Client::spawn(&opts.current)?.0,
+                        Client::spawn(&opts.against)?.0,
+                    ];
+                    let again = Config {
+                        reference: false,
+                        fresh: placements,
+                        ..config.clone()
+                    };
+                    let [a, b] = prepare_both(&mut workers, &again)?;
+                    if [a.digest, b.digest] != digests {
+                        return Err(Error::Worker(
+                            "a new placement changed the output bits".into(),
+                        ));
+                    }
                 }
+                // Warm-up: one sample each, not kept.
+                workers[0].sample(calls)?;
+                workers[1].sample(calls)?;
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let start = Instant::now();
+                let (min, max) = (
+                    budget.min_pairs.div_ceil(blocks),
+                    budget.max_pairs.div_ceil(blocks),
+                );
+                while a.len() < min
+                    || (a.len() < max && start.elapsed() < budget.target / blocks as u32)
+                {
+                    if a.len() % 2 == 0 {
+                        a.push(workers[0].sample(calls)?);
+                        b.push(workers[1].sample(calls)?);
+                    } else {
+                        b.push(workers[1].sample(calls)?);
+                        a.push(workers[0].sample(calls)?);
+                    }
+                }
+                sampled.push((a, b));
             }
-            Ok((a, b))
+            Ok(sampled)
         })();
-        let (a, b) = match sampled {
+        let sampled = match sampled {
             Ok(x) => x,
             Err(e) => {
                 skipped.push(skip(e.to_string()));
                 continue;
             }
         };
-        let paired = Paired::of(&a, &b, seed_of(config));
+        let a: Vec<f64> = sampled
+            .iter()
+            .flat_map(|(a, _)| a.iter().copied())
+            .collect();
+        let b: Vec<f64> = sampled
+            .iter()
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect();
+        let paired = Paired::of_blocks(&sampled, seed_of(config));
         result.current_ns = timing::median(&a);
         result.against_ns = timing::median(&b);
         result.verdict = paired.verdict(opts.min_effect);

@@ -205,6 +205,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
                             op,
                             quick: opts.quick,
                             reference: round == 0,
+                            fresh: true,
                         };
                         c.prepare(&config).and_then(|ready| {
                             let r = c.round()?;

@@ -33,8 +33,9 @@ use crate::schema::Op;
 use crate::subject;
 use crate::timing::{self, TimingBudget};
 
-/// The protocol version; a driver refuses a worker that speaks another.
-pub const PROTOCOL: u32 = 1;
+/// The protocol version. Version 2 added [`Config::fresh`]; a driver talks to a version-1 worker
+/// without sending it, and refuses any other version.
+pub const PROTOCOL: u32 = 2;
 
 /// One configuration to time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +56,17 @@ pub struct Config {
     /// Check the outputs against the reference (otherwise only fingerprint them).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub reference: bool,
+    /// Rebuild the cell's buffers at a new random placement (protocol 2): where buffers land
+    /// relative to each other (their offsets within a page) moves a small kernel's speed by
+    /// several percent, and two builds allocate differently, so an A/B that kept one placement
+    /// per process would measure the placements. The worker allocates a random pad before the
+    /// cell and before the output buffers.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fresh: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn yes() -> bool {
@@ -179,6 +191,55 @@ fn instance_index(
     Ok(instances.len() - 1)
 }
 
+/// How serving a prepared configuration ended.
+enum Served {
+    /// Another request came.
+    Next(Request),
+    /// The input ended.
+    End,
+}
+
+/// Runs `f` `depth` frames deeper on the stack (each frame holds a 64-byte pad), so that stack
+/// buffers land at another offset within their page.
+#[inline(never)]
+fn on_offset_stack<R>(depth: usize, f: &mut dyn FnMut() -> R) -> R {
+    let pad = [depth as u8; 64];
+    std::hint::black_box(&pad);
+    let r = if depth == 0 {
+        f()
+    } else {
+        on_offset_stack(depth - 1, f)
+    };
+    std::hint::black_box(&pad);
+    r
+}
+
+/// Random pads that move the next allocations to a new offset within their page.
+struct Placement(crate::workload::Rng);
+
+impl Placement {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Placement(crate::workload::Rng::new(
+            u64::from(nanos) ^ (u64::from(std::process::id()) << 32),
+        ))
+    }
+
+    /// A pad of 0 to 4 KiB in steps of 16 bytes (the allocator's granularity), touched so that
+    /// it is real.
+    fn pad(&mut self) -> Vec<u8> {
+        let pad = vec![1u8; 16 * self.0.below(257)];
+        std::hint::black_box(pad)
+    }
+
+    /// A stack depth for [`on_offset_stack`]: up to 64 frames, a few KiB.
+    fn depth(&mut self) -> usize {
+        self.0.below(65)
+    }
+}
+
 /// Serves requests from `input` until `quit` or the end of the input.
 ///
 /// A one-thread configuration is timed with the worker's thread pinned to the first CPU it may
@@ -202,6 +263,8 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), Error> {
     };
     let mut instances: Vec<Instance> = Vec::new();
     let mut cell: Option<Cell> = None;
+    let mut placement = Placement::new();
+    let mut pads: Vec<Vec<u8>> = Vec::new();
     let mut pending: Option<Request> = None;
     loop {
         let request = match pending.take() {
@@ -249,12 +312,21 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), Error> {
                     }
                 };
                 if cell.as_ref().is_some_and(|c| {
-                    c.spec != config.cell || (config.reference && c.answer.is_none())
+                    config.fresh
+                        || c.spec != config.cell
+                        || (config.reference && c.answer.is_none())
                 }) {
                     cell = None; // free the previous cell before making the next
                 }
+                if config.fresh {
+                    pads.clear();
+                    pads.push(placement.pad());
+                }
                 let current =
                     &*cell.get_or_insert_with(|| Cell::new(config.cell, config.reference, true));
+                if config.fresh {
+                    pads.push(placement.pad());
+                }
                 let instance = &instances[i];
                 if config.threads == 1 {
                     crate::bandwidth::pin_current_thread(0);
@@ -289,36 +361,43 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), Error> {
                         digest: ready.check.digest,
                     }),
                 )?;
-                // Serve samples of this configuration until another request comes.
-                loop {
-                    match next() {
-                        Ok(Some(Request::Sample { calls })) => {
-                            let reply = match ready.sample(calls) {
-                                Ok(ns) => Reply::Sample(SampleReply { ns_per_call: ns }),
-                                Err(e) => Reply::Error(e.to_string()),
-                            };
-                            send(&mut output, &reply)?;
+                // Serve samples of this configuration until another request comes, from a
+                // stack moved by a random depth when a new placement was asked for (the stack's
+                // offset within its page moves small kernels as the heap's does: their tiles
+                // live there).
+                let depth = if config.fresh { placement.depth() } else { 0 };
+                let served = on_offset_stack(depth, &mut || -> Result<Served, Error> {
+                    loop {
+                        match next() {
+                            Ok(Some(Request::Sample { calls })) => {
+                                let reply = match ready.sample(calls) {
+                                    Ok(ns) => Reply::Sample(SampleReply { ns_per_call: ns }),
+                                    Err(e) => Reply::Error(e.to_string()),
+                                };
+                                send(&mut output, &reply)?;
+                            }
+                            Ok(Some(Request::Round)) => {
+                                let reply = match crate::subject::round_of(
+                                    &mut ready, current, instance, config.op, budget, one,
+                                ) {
+                                    Ok(r) => Reply::Round(RoundReply {
+                                        samples: r.samples,
+                                        calibration: r.calibration,
+                                        calls: r.calls,
+                                    }),
+                                    Err(e) => Reply::Error(e.to_string()),
+                                };
+                                send(&mut output, &reply)?;
+                            }
+                            Ok(Some(other)) => return Ok(Served::Next(other)),
+                            Ok(None) => return Ok(Served::End),
+                            Err(e) => send(&mut output, &Reply::Error(e))?,
                         }
-                        Ok(Some(Request::Round)) => {
-                            let reply = match crate::subject::round_of(
-                                &mut ready, current, instance, config.op, budget, one,
-                            ) {
-                                Ok(r) => Reply::Round(RoundReply {
-                                    samples: r.samples,
-                                    calibration: r.calibration,
-                                    calls: r.calls,
-                                }),
-                                Err(e) => Reply::Error(e.to_string()),
-                            };
-                            send(&mut output, &reply)?;
-                        }
-                        Ok(Some(other)) => {
-                            pending = Some(other);
-                            break;
-                        }
-                        Ok(None) => return Ok(()),
-                        Err(e) => send(&mut output, &Reply::Error(e))?,
                     }
+                })?;
+                match served {
+                    Served::Next(other) => pending = Some(other),
+                    Served::End => return Ok(()),
                 }
             }
         }
@@ -362,7 +441,7 @@ impl Client {
         };
         w.send(&Request::Hello)?;
         match w.receive()? {
-            Reply::Hello(h) if h.protocol == PROTOCOL => Ok((w, h)),
+            Reply::Hello(h) if h.protocol == PROTOCOL || h.protocol == 1 => Ok((w, h)),
             Reply::Hello(h) => Err(worker_error(format!(
                 "{} speaks worker protocol {}, this build {PROTOCOL}",
                 path.display(),
@@ -477,6 +556,7 @@ mod tests {
             op,
             quick: true,
             reference: true,
+            fresh: false,
         }
     }
 
