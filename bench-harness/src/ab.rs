@@ -130,6 +130,9 @@ impl Verdict {
     }
 }
 
+/// One block of an A/B: the current build's and the other build's samples, in pairs.
+pub type Block = (Vec<f64>, Vec<f64>);
+
 /// A paired comparison: speed ratio current / against with its interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Paired {
@@ -175,7 +178,7 @@ impl Paired {
     /// over every pair, with an interval from a two-level bootstrap (blocks drawn with
     /// replacement, then pairs within each drawn block), so that a difference between
     /// placements widens the interval instead of passing for a difference between builds.
-    pub fn of_blocks(blocks: &[(Vec<f64>, Vec<f64>)], seed: u64) -> Paired {
+    pub fn of_blocks(blocks: &[Block], seed: u64) -> Paired {
         if blocks.len() == 1 {
             return Paired::of(&blocks[0].0, &blocks[0].1, seed);
         }
@@ -516,7 +519,7 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
             as usize)
             .clamp(1, 1_000_000);
         let digests = [ra.digest, rb.digest];
-        let sampled = (|| -> Result<Vec<(Vec<f64>, Vec<f64>)>, Error> {
+        let sampled = (|| -> Result<Vec<Block>, Error> {
             let mut sampled = Vec::new();
             for block in 0..blocks {
                 if block > 0 {
