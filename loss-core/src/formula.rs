@@ -14,9 +14,24 @@
 //! here; a new per-position term of the loss is a change to this module plus the one place in
 //! each backend where a row's statistics are turned into its loss and gradient coefficients.
 
-use core::ops::Range;
+use core::ops::{Add, Mul, Range, Sub};
 
 use crate::problem::{Problem, Reduction, TargetData};
+
+/// The arithmetic the per-position formulas need, so that one definition serves the scalar
+/// `f64` of the reference and the SIMD lanes of a kernel (several positions at once).
+pub trait Real: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> {
+    /// The constant `v` in this representation (every lane `v`); `self` only lends its context
+    /// (a SIMD token), not its value.
+    fn lit(self, v: f64) -> Self;
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn lit(self, v: f64) -> f64 {
+        v
+    }
+}
 
 /// Label smoothing as the formulas use it: `t' = keep·t + spread` with `keep = 1 − ε` and
 /// `spread = ε/C`.
@@ -131,10 +146,50 @@ pub fn denominator_term_of(
     }
 }
 
-/// `D` over a range of positions, added in position order. Backends that split `D` into parts
-/// add the parts in a fixed order of their own, so that their bits do not depend on threads.
+/// `D` over a range of positions: [`denominator_term_of`] of each, added in a fixed order (four
+/// running sums by position modulo 4, then added in order; four independent additions per step
+/// instead of one long dependent chain). Backends that split `D` into parts add the parts in a
+/// fixed order of their own, so that their bits do not depend on threads.
 pub fn denominator_over(problem: &Problem<'_>, positions: Range<usize>) -> f64 {
-    positions.fold(0.0, |acc, i| acc + denominator_term(problem, i))
+    denominator_over_parts(
+        problem.target(),
+        problem.ignore_index(),
+        problem.weight(),
+        positions,
+    )
+}
+
+/// [`denominator_over`] from a problem's parts.
+pub fn denominator_over_parts(
+    target: TargetData<'_>,
+    ignore_index: i64,
+    weight: Option<&[f32]>,
+    positions: Range<usize>,
+) -> f64 {
+    let mut sums = [0.0f64; 4];
+    match target {
+        // Without branches on the target (ignored positions add an exact 0).
+        TargetData::Indices(y) => match weight {
+            Some(w) => {
+                for (k, &t) in y[positions].iter().enumerate() {
+                    let c = valid_class(t, ignore_index);
+                    let term = f64::from(w[c.unwrap_or(0)]);
+                    sums[k % 4] += if c.is_some() { term } else { 0.0 };
+                }
+            }
+            None => {
+                for (k, &t) in y[positions].iter().enumerate() {
+                    sums[k % 4] += if t != ignore_index { 1.0 } else { 0.0 };
+                }
+            }
+        },
+        TargetData::Probs(_) => {
+            for k in 0..positions.len() {
+                sums[k % 4] += 1.0;
+            }
+        }
+    }
+    (sums[0] + sums[1]) + (sums[2] + sums[3])
 }
 
 /// The upstream gradient as the kernels see it: `s_i` of [the gradient](crate#the-gradient).
@@ -189,22 +244,22 @@ pub fn reduce(reduction: Reduction, total: f64, denominator: f64) -> f64 {
 ///   targets);
 /// - `mass`: `Σ w·t'` (probability targets).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct RowStats {
+pub struct RowStats<R = f64> {
     /// The row's max.
-    pub max: f64,
+    pub max: R,
     /// `ln Σ exp(x − max)`.
-    pub ln_sum: f64,
+    pub ln_sum: R,
     /// The target class's logit.
-    pub x_target: f64,
+    pub x_target: R,
     /// `Σ w·(x − max)` or `Σ w·t'·(x − max)`.
-    pub weighted: f64,
+    pub weighted: R,
     /// `Σ w·t'`.
-    pub mass: f64,
+    pub mass: R,
 }
 
-impl RowStats {
+impl<R: Real> RowStats<R> {
     /// `LSE = max + ln Σ exp(x − max)`.
-    pub fn lse(&self) -> f64 {
+    pub fn lse(&self) -> R {
         self.max + self.ln_sum
     }
 }
@@ -212,47 +267,51 @@ impl RowStats {
 /// The loss of a valid index-target position with target weight `w_y`:
 /// `(1−ε)·w_y·(LSE − x_y) + (ε/C)·(W·ln_sum − Σ w·(x − max))`, the smoothing term being
 /// `(ε/C)·Σ_c w[c]·(LSE − x[c])` rewritten relative to the max.
-pub fn index_loss(s: &Scalars, w_y: f64, r: &RowStats) -> f64 {
+#[inline(always)]
+pub fn index_loss<R: Real>(s: &Scalars, w_y: R, r: &RowStats<R>) -> R {
     let sm = s.smoothing;
-    let nll = sm.keep * w_y * ((r.max - r.x_target) + r.ln_sum);
+    let nll = w_y.lit(sm.keep) * w_y * ((r.max - r.x_target) + r.ln_sum);
     if sm.is_on() {
-        nll + sm.spread * (s.total_weight * r.ln_sum - r.weighted)
+        nll + w_y.lit(sm.spread) * (w_y.lit(s.total_weight) * r.ln_sum - r.weighted)
     } else {
         nll
     }
 }
 
 /// The loss of a probability-target position: `Σ w·t'·(LSE − x) = mass·ln_sum − Σ w·t'·(x − max)`.
-pub fn prob_loss(r: &RowStats) -> f64 {
+#[inline(always)]
+pub fn prob_loss<R: Real>(r: &RowStats<R>) -> R {
     r.mass * r.ln_sum - r.weighted
 }
 
 /// The gradient of a valid index-target position, factored for vector loops:
 /// `g[c] = a·p[c] − b·w[c] − fix·[c = y]` (the `b` term only when smoothing is on).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct IndexCoefficients {
+pub struct IndexCoefficients<R = f64> {
     /// Coefficient of `p[c]`: `s·((1−ε)·w_y + (ε/C)·W)`.
-    pub a: f64,
+    pub a: R,
     /// Coefficient of `w[c]`: `s·ε/C`.
-    pub b: f64,
+    pub b: R,
     /// Subtracted at the target class: `s·(1−ε)·w_y`.
-    pub fix: f64,
+    pub fix: R,
 }
 
 /// [`IndexCoefficients`] for scale `s_i = scale` and target weight `w_y`.
-pub fn index_coefficients(s: &Scalars, scale: f64, w_y: f64) -> IndexCoefficients {
+#[inline(always)]
+pub fn index_coefficients<R: Real>(s: &Scalars, scale: R, w_y: R) -> IndexCoefficients<R> {
     let sm = s.smoothing;
-    let nll = sm.keep * w_y;
+    let nll = w_y.lit(sm.keep) * w_y;
     IndexCoefficients {
-        a: scale * (nll + sm.spread * s.total_weight),
-        b: scale * sm.spread,
+        a: scale * (nll + w_y.lit(sm.spread * s.total_weight)),
+        b: scale * w_y.lit(sm.spread),
         fix: scale * nll,
     }
 }
 
 /// The gradient of a probability-target position, factored: `g[c] = a·p[c] − s·w[c]·t'[c]` with
 /// `a = s·mass`.
-pub fn prob_coefficient(scale: f64, mass: f64) -> f64 {
+#[inline(always)]
+pub fn prob_coefficient<R: Real>(scale: R, mass: R) -> R {
     scale * mass
 }
 

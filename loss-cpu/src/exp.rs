@@ -1,4 +1,5 @@
-//! A vectorised single-precision `exp` for the softmax.
+//! A vectorised single-precision `exp` for the softmax, and the `ln` that turns a row's sum of
+//! exponentials into its log-sum-exp, lanes at a time ([`ln_sum`]).
 //!
 //! Cody–Waite range reduction `x = n·ln2 + r` with `|r| ≤ ln2/2` (`ln2` split in two so that
 //! `n·LN2_HI` is exact), a degree-5 minimax polynomial for `e^r` (Horner, 5 FMAs), and the scale
@@ -101,6 +102,95 @@ fn exp_core<S: Simd, const SPLIT_LN2: bool>(simd: S, x: S::f32s) -> S::f32s {
     let biased = simd.add_u32s(simd.transmute_u32s_f32s(t), simd.splat_u32s(SCALE_BIAS));
     let scale = simd.wrapping_dyn_shl_u32s(biased, simd.splat_u32s(23));
     simd.mul_f32s(y, simd.transmute_f32s_u32s(scale))
+}
+
+// Cephes' `logf` polynomial for ln(1 + f), f ∈ [√½ − 1, √2 − 1].
+const LN_P: [f32; 9] = [
+    7.037_683_6e-2,
+    -1.151_461e-1,
+    1.167_699_9e-1,
+    -1.242_014_1e-1,
+    1.424_932_3e-1,
+    -1.666_805_8e-1,
+    2.000_071_5e-1,
+    -2.499_999_4e-1,
+    3.333_333e-1,
+];
+const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+/// `ln x` lane-wise for the sums of exponentials a row produces: `x ∈ [1, 2^24]` (the row's max
+/// contributes exactly 1, and each of at most 2^24 terms at most 1) or NaN, which propagates.
+/// Cephes' `logf` (`x = 2^e·m`, `m ∈ [√½, √2)`, a degree-9 polynomial in `m − 1`, `e·ln2` added
+/// in two parts): within 2 ulp of `f64::ln` over that domain (`tests/exp_accuracy.rs`); other
+/// arguments give meaningless values.
+#[inline(always)]
+pub fn ln_sum<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+    let bits = simd.transmute_u32s_f32s(x);
+    // The biased exponent as a float: its integer in the low mantissa bits of 2^23.
+    let biased = simd.wrapping_dyn_shr_u32s(bits, simd.splat_u32s(23));
+    let e = simd.sub_f32s(
+        simd.transmute_f32s_u32s(simd.or_u32s(biased, simd.splat_u32s(0x4B00_0000))),
+        simd.splat_f32s(8_388_608.0 + 126.0),
+    );
+    // m ∈ [0.5, 1): the mantissa with the exponent of 0.5.
+    let m = simd.transmute_f32s_u32s(simd.or_u32s(
+        simd.and_u32s(bits, simd.splat_u32s(0x007f_ffff)),
+        simd.splat_u32s(0x3f00_0000),
+    ));
+    // Below √½: m ← 2m, e ← e − 1, so that f = m − 1 ∈ [√½ − 1, √2 − 1).
+    let low = simd.less_than_f32s(m, simd.splat_f32s(SQRT_HALF));
+    let e = simd.sub_f32s(
+        e,
+        simd.select_f32s_m32s(low, simd.splat_f32s(1.0), simd.splat_f32s(0.0)),
+    );
+    let f = simd.sub_f32s(
+        simd.add_f32s(m, simd.select_f32s_m32s(low, m, simd.splat_f32s(0.0))),
+        simd.splat_f32s(1.0),
+    );
+    let z = simd.mul_f32s(f, f);
+    let mut y = simd.splat_f32s(LN_P[0]);
+    for &c in &LN_P[1..] {
+        y = simd.mul_add_e_f32s(y, f, simd.splat_f32s(c));
+    }
+    let y = simd.mul_f32s(simd.mul_f32s(y, f), z);
+    let y = simd.mul_add_e_f32s(e, simd.splat_f32s(LN2_LO), y);
+    let y = simd.mul_add_e_f32s(z, simd.splat_f32s(-0.5), y);
+    let r = simd.mul_add_e_f32s(e, simd.splat_f32s(LN2_HI), simd.add_f32s(f, y));
+    // NaN in, NaN out (its bits would otherwise give a number).
+    let nan = simd.not_m32s(simd.equal_f32s(x, x));
+    simd.select_f32s_m32s(nan, x, r)
+}
+
+/// [`ln_sum`] of every element of `x` into `out`, with the best instruction set of this machine
+/// (for its tests).
+pub fn ln_sum_slice(x: &[f32], out: &mut [f32]) {
+    pulp::Arch::new().dispatch(LnSlice { x, out });
+}
+
+/// [`ln_sum_slice`] on the portable scalar instruction set.
+pub fn ln_sum_slice_scalar(x: &[f32], out: &mut [f32]) {
+    use pulp::WithSimd;
+    LnSlice { x, out }.with_simd(pulp::Scalar::new());
+}
+
+struct LnSlice<'a> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for LnSlice<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Self::Output {
+        let len = self.x.len().min(self.out.len());
+        let (xs, xt) = S::as_simd_f32s(&self.x[..len]);
+        let (os, ot) = S::as_mut_simd_f32s(&mut self.out[..len]);
+        for (o, &v) in os.iter_mut().zip(xs) {
+            *o = ln_sum(simd, v);
+        }
+        let v = simd.partial_load_f32s(xt);
+        simd.partial_store_f32s(ot, ln_sum(simd, v));
+    }
 }
 
 /// Writes `e^x` of every element of `x` into `out` (the first `min(len)` elements), with the best

@@ -273,12 +273,14 @@ impl<'a> Plan<'a> {
         rows.start * row..rows.end * row
     }
 
-    /// The mean's denominator over a unit's positions ([`formula::denominator_term`] added in
-    /// position order).
+    /// The mean's denominator over a unit's positions ([`formula::denominator_over_parts`]).
     pub fn denominator_partial(&self, unit: usize) -> f64 {
-        self.unit_positions(unit).fold(0.0, |acc, i| {
-            acc + formula::denominator_term_of(self.target, self.ignore_index, self.weight, i)
-        })
+        formula::denominator_over_parts(
+            self.target,
+            self.ignore_index,
+            self.weight,
+            self.unit_positions(unit),
+        )
     }
 
     /// `D` of the mean: the unit partials added in unit order.

@@ -132,3 +132,29 @@ fn kernel_exp_accuracy() {
     assert!(out[2].is_nan());
     assert_eq!(out[3], 0.0);
 }
+
+#[test]
+fn ln_sum_within_2_ulp_on_its_domain() {
+    use loss_cpu::exp::{ln_sum_slice, ln_sum_slice_scalar};
+    // Every 7th f32 of [1, 2^24] (about 1.9 million values), and the ends.
+    let mut x = sample(1.0, 16_777_216.0, 7);
+    x.push(16_777_216.0);
+    for (f, name) in [
+        (ln_sum_slice as fn(&[f32], &mut [f32]), "dispatched"),
+        (ln_sum_slice_scalar, "scalar"),
+    ] {
+        let mut out = vec![0.0; x.len()];
+        f(&x, &mut out);
+        let (worst, at) = x
+            .iter()
+            .zip(&out)
+            .map(|(&x, &y)| (ulps(y, f64::from(x).ln()), x))
+            .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
+        assert!(worst <= 2.0, "{name}: {worst} ulp at {at}");
+        // ln 1 = 0 exactly, and NaN stays NaN.
+        let mut one = [0.0f32; 2];
+        f(&[1.0, f32::NAN], &mut one);
+        assert_eq!(one[0], 0.0, "{name}");
+        assert!(one[1].is_nan(), "{name}");
+    }
+}

@@ -627,3 +627,39 @@ pub(super) fn grad_row<S: Simd, T: Term>(
         }
     }
 }
+
+/// A vector of `f32` lanes with its SIMD token, so that loss-core's
+/// [formulas](loss_core::formula) evaluate several positions at once (one position per lane).
+#[derive(Clone, Copy)]
+pub(super) struct Lanes<S: Simd>(pub(super) S, pub(super) S::f32s);
+
+impl<S: Simd> core::ops::Add for Lanes<S> {
+    type Output = Self;
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Lanes(self.0, self.0.add_f32s(self.1, o.1))
+    }
+}
+
+impl<S: Simd> core::ops::Sub for Lanes<S> {
+    type Output = Self;
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        Lanes(self.0, self.0.sub_f32s(self.1, o.1))
+    }
+}
+
+impl<S: Simd> core::ops::Mul for Lanes<S> {
+    type Output = Self;
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        Lanes(self.0, self.0.mul_f32s(self.1, o.1))
+    }
+}
+
+impl<S: Simd> loss_core::formula::Real for Lanes<S> {
+    #[inline(always)]
+    fn lit(self, v: f64) -> Self {
+        Lanes(self.0, self.0.splat_f32s(v as f32))
+    }
+}

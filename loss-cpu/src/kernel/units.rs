@@ -1,16 +1,19 @@
 //! The kernels' loops over one unit: contiguous rows (short rows as lanes, longer ones row by
 //! row) and K-dimensional tiles (positions as lanes).
 
-use loss_core::formula;
+use loss_core::formula::{self, RowStats};
 use loss_core::{Layout, TargetData};
 use pulp::{Simd, WithSimd};
 
 use super::simd::*;
 use super::{CHUNK, FOLD, GradScale, LseState, MAX_LANES, Plan, Smoothing, Strided, origin};
-use crate::exp::exp_shifted;
+use crate::exp::{exp_shifted, ln_sum};
 
 /// Rows of at most this many classes (index targets) take the rows-as-lanes path.
 const SMALL_C: usize = 32;
+
+/// Rows per rows-as-lanes group at most: two vectors of the widest lanes.
+const TILE: usize = 2 * MAX_LANES;
 
 /// Rows per group in the contiguous path (see `UnitOp::rows`).
 const GROUP: usize = 16;
@@ -132,152 +135,213 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
     fn rows<S: Simd>(self, simd: S) -> f64 {
         let plan = self.plan;
         if plan.layout.classes <= SMALL_C && matches!(plan.target, TargetData::Indices(_)) {
-            return self.rows_as_lanes(simd);
+            // The tiles are sized to the classes (zeroing 8 KiB per unit cost more than a
+            // unit of 3-class rows).
+            return match plan.layout.classes {
+                0..=4 => self.rows_as_lanes::<S, 4>(simd),
+                5..=8 => self.rows_as_lanes::<S, 8>(simd),
+                9..=16 => self.rows_as_lanes::<S, 16>(simd),
+                _ => self.rows_as_lanes::<S, SMALL_C>(simd),
+            };
         }
         self.rows_with(simd)
     }
 
-    /// Short rows (`C ≤ SMALL_C`, index targets): `lanes` rows at a time, one row per lane.
-    /// The rows are transposed into a class-major stack tile (scalar copies, cheap at this size),
-    /// so that the max, the sum and the gradient are plain lane-wise vector ops with no
-    /// horizontal reduction, no tail and no per-row setup; per row remain an `ln` and the loss.
+    /// Short rows (`C ≤ SMALL_C`, index targets): `2·lanes` rows at a time, one row per lane of
+    /// two vectors. The rows are transposed into class-major stack tiles (unrolled per `C` up to
+    /// 16), so that the max, the sum, the target's logit and weight (selected by comparing each
+    /// class with the lanes' targets) and the gradient are lane-wise vector ops with no
+    /// horizontal reduction, no tail and no per-row setup; the `ln` and the loss are evaluated for
+    /// all lanes at once. Two vectors per class, not one: a group's work is one long chain of
+    /// dependent operations (max, `exp`, sum, `ln`, loss) longer than the out-of-order window, so
+    /// two independent chains side by side keep the core busy.
     #[inline(always)]
-    fn rows_as_lanes<S: Simd>(mut self, simd: S) -> f64 {
+    fn rows_as_lanes<S: Simd, const K: usize>(mut self, simd: S) -> f64 {
+        const G: usize = TILE / MAX_LANES;
         let plan = self.plan;
         let lanes = S::F32_LANES;
         let classes = plan.layout.classes;
-        let first = plan.unit_positions(self.unit).start;
-        let rows = plan.unit_positions(self.unit).len();
-        let TargetData::Indices(targets) = plan.target else {
+        let positions = plan.unit_positions(self.unit);
+        let first = positions.start;
+        let rows = positions.len();
+        let TargetData::Indices(all_targets) = plan.target else {
             unreachable!("rows_as_lanes takes index targets only")
         };
-        let mut xt = [0.0f32; SMALL_C * MAX_LANES];
-        let mut et = [0.0f32; SMALL_C * MAX_LANES];
-        let mut total = 0.0f64;
+        let targets = &all_targets[positions];
+        let smoothed = plan.smoothed();
+        let ninf = simd.splat_f32s(f32::NEG_INFINITY);
+        let zero = simd.splat_f32s(0.0);
+        // Class-major tiles: row j's class c at [c][j]. Lanes past `width` keep stale values,
+        // which only ever reach lanes nobody reads.
+        let mut xt = [[0.0f32; TILE]; K];
+        let mut et = [[0.0f32; TILE]; K];
+        // The losses are added in f32 lanes (each lane takes a unit's 256 / (2·lanes) rows at
+        // most), then the lanes in f64 in lane order: no serial f64 chain per row.
+        let mut acc = [zero; G];
         let mut r0 = 0;
         while r0 < rows {
-            let width = lanes.min(rows - r0);
-            // Transpose in: xt[c·lanes + j] = x[(r0 + j)·C + c]. Lanes past `width` keep stale
-            // values, which only ever reach lanes nobody reads.
-            {
-                let x = self.mode.logits();
-                for j in 0..width {
-                    let row = &x[(r0 + j) * classes..(r0 + j + 1) * classes];
-                    for (c, &v) in row.iter().enumerate() {
-                        xt[c * lanes + j] = v;
+            let width = (G * lanes).min(rows - r0);
+            transpose_in(self.mode.logits(), r0, classes, width, &mut xt);
+            // The lanes' targets as floats (−1 where ignored), compared with each class below.
+            let mut yf = [-1.0f32; TILE];
+            for (y, &t) in yf.iter_mut().zip(&targets[r0..r0 + width]) {
+                if t != plan.ignore_index {
+                    *y = t as f32;
+                }
+            }
+            let mut yv = [zero; G];
+            for h in 0..G {
+                yv[h] = load::<S>(&yf, h * lanes);
+            }
+            let mut m = [ninf; G];
+            for row in &xt[..classes] {
+                for h in 0..G {
+                    m[h] = simd.max_f32s(m[h], load::<S>(row, h * lanes));
+                }
+            }
+            let mut o = [zero; G];
+            for h in 0..G {
+                o[h] = simd.select_f32s_m32s(simd.equal_f32s(m[h], ninf), zero, m[h]);
+            }
+            let (mut sum, mut wx, mut xy, mut wy) = ([zero; G], [zero; G], [zero; G], [zero; G]);
+            for c in 0..classes {
+                let cv = simd.splat_f32s(c as f32);
+                let wc = simd.splat_f32s(plan.class_weight(c));
+                for h in 0..G {
+                    let v = load::<S>(&xt[c], h * lanes);
+                    let d = simd.sub_f32s(v, o[h]);
+                    let e = exp_shifted(simd, d);
+                    S::as_mut_simd_f32s(&mut et[c][h * lanes..(h + 1) * lanes]).0[0] = e;
+                    sum[h] = simd.add_f32s(sum[h], e);
+                    let is_y = simd.equal_f32s(yv[h], cv);
+                    xy[h] = simd.select_f32s_m32s(is_y, v, xy[h]);
+                    wy[h] = simd.select_f32s_m32s(is_y, wc, wy[h]);
+                    if smoothed {
+                        // Relative to the max: see `weighted_sum`.
+                        wx[h] = simd.mul_add_e_f32s(wc, d, wx[h]);
                     }
                 }
             }
-            let mut m = simd.splat_f32s(f32::NEG_INFINITY);
-            for c in 0..classes {
-                m = simd.max_f32s(m, load::<S>(&xt, c * lanes));
-            }
-            let ninf = simd.splat_f32s(f32::NEG_INFINITY);
-            let o = simd.select_f32s_m32s(simd.equal_f32s(m, ninf), simd.splat_f32s(0.0), m);
-            let mut sum = simd.splat_f32s(0.0);
-            let mut wx = simd.splat_f32s(0.0);
-            for c in 0..classes {
-                let v = load::<S>(&xt, c * lanes);
-                let e = exp_shifted(simd, simd.sub_f32s(v, o));
-                S::as_mut_simd_f32s(&mut et[c * lanes..(c + 1) * lanes]).0[0] = e;
-                sum = simd.add_f32s(sum, e);
-                if plan.smoothed() {
-                    // Relative to the max: see `weighted_sum`.
-                    let d = simd.sub_f32s(v, o);
-                    wx = simd.mul_add_e_f32s(simd.splat_f32s(plan.class_weight(c)), d, wx);
-                }
-            }
-            let (m, sum, wx) = (lanes_of(simd, m), lanes_of(simd, sum), lanes_of(simd, wx));
-            let mut lse = [0.0f64; MAX_LANES];
-            let mut losses = [0.0f64; MAX_LANES];
-            let mut valid = [false; MAX_LANES];
-            let mut ys = [0usize; MAX_LANES];
-            for j in 0..width {
-                let t = targets[first + r0 + j];
-                valid[j] = t != plan.ignore_index;
-                if !valid[j] {
-                    continue;
-                }
-                ys[j] = t as usize;
-                let state = LseState {
-                    max: m[j],
-                    sum: f64::from(sum[j]),
+            // One `ln` for all the lanes; a row whose classes are all masked (max −∞) has no
+            // log-sum-exp. Then the loss, lane-wise, from loss-core's formula.
+            let mut losses = [0.0f32; TILE];
+            let mut stats = [RowStats {
+                max: Lanes(simd, zero),
+                ln_sum: Lanes(simd, zero),
+                x_target: Lanes(simd, zero),
+                weighted: Lanes(simd, zero),
+                mass: Lanes(simd, zero),
+            }; G];
+            for h in 0..G {
+                let ln = ln_sum(simd, sum[h]);
+                let ln = simd.select_f32s_m32s(
+                    simd.equal_f32s(m[h], ninf),
+                    simd.splat_f32s(f32::NAN),
+                    ln,
+                );
+                stats[h] = RowStats {
+                    max: Lanes(simd, m[h]),
+                    ln_sum: Lanes(simd, ln),
+                    x_target: Lanes(simd, xy[h]),
+                    weighted: Lanes(simd, wx[h]),
+                    mass: Lanes(simd, zero),
                 };
-                let r = state.stats();
-                lse[j] = r.lse();
-                let x_y = xt[ys[j] * lanes + j];
-                losses[j] = plan.index_loss(r, x_y, ys[j], f64::from(wx[j]));
+                let loss = formula::index_loss(plan.scalars(), Lanes(simd, wy[h]), &stats[h]).1;
+                let valid = simd.greater_than_or_equal_f32s(yv[h], zero);
+                let loss = simd.select_f32s_m32s(valid, loss, zero);
+                acc[h] = simd.add_f32s(acc[h], loss);
+                S::as_mut_simd_f32s(&mut losses[h * lanes..(h + 1) * lanes]).0[0] = loss;
             }
             if M::GRAD {
+                let (sv, slow) = self.lane_scales(first + r0, width, &yf);
+                for h in 0..G {
+                    // g = a·e − b·w[c], minus `fix` at the target, with e = exp(x − max), so
+                    // p = e/sum (NaN for a row without LSE, as the reference); exactly 0 where
+                    // ignored, whatever the logits.
+                    let scale = Lanes(simd, load::<S>(&sv, h * lanes));
+                    let k = formula::index_coefficients(plan.scalars(), scale, Lanes(simd, wy[h]));
+                    let lse = stats[h].lse().1;
+                    let factor = simd.select_f32s_m32s(
+                        simd.equal_f32s(lse, lse),
+                        simd.div_f32s(simd.splat_f32s(1.0), sum[h]),
+                        simd.splat_f32s(f32::NAN),
+                    );
+                    let a = simd.mul_f32s(k.a.1, factor);
+                    let nb = simd.neg_f32s(k.b.1);
+                    let valid = simd.greater_than_or_equal_f32s(yv[h], zero);
+                    for (c, et_c) in et[..classes].iter_mut().enumerate() {
+                        let slot = &mut et_c[h * lanes..(h + 1) * lanes];
+                        let e = load::<S>(slot, 0);
+                        let mut g = simd.mul_f32s(a, e);
+                        if smoothed {
+                            g = simd.mul_add_e_f32s(nb, simd.splat_f32s(plan.class_weight(c)), g);
+                        }
+                        let is_y = simd.equal_f32s(yv[h], simd.splat_f32s(c as f32));
+                        g = simd.select_f32s_m32s(is_y, simd.sub_f32s(g, k.fix.1), g);
+                        S::as_mut_simd_f32s(slot).0[0] = simd.select_f32s_m32s(valid, g, zero);
+                    }
+                }
                 let (src_all, dst) = self.mode.parts();
-                // Per-lane coefficients: g = a·e − b·w[c], minus `fix` at the target.
-                let mut a = [0.0f32; MAX_LANES];
-                let mut b = [0.0f32; MAX_LANES];
-                let mut fix = [0.0f32; MAX_LANES];
-                let mut slow = [false; MAX_LANES];
-                for j in 0..width {
-                    let s = self.scale.at(first + r0 + j);
-                    slow[j] = valid[j] && !s.is_finite();
-                    if !valid[j] || slow[j] {
-                        continue;
-                    }
-                    let (aj, bj, fj) = plan.index_coefficients(s, ys[j]);
-                    // e = exp(x − max), so p = e/sum (0 for an all-masked row; NaN stays NaN).
-                    let factor = if lse[j].is_nan() {
-                        f64::NAN
-                    } else if m[j] == f32::NEG_INFINITY {
-                        0.0
-                    } else {
-                        f64::from(sum[j]).recip()
-                    };
-                    a[j] = (f64::from(aj) * factor) as f32;
-                    (b[j], fix[j]) = (bj, fj);
-                }
-                let av = from_lanes(simd, &a);
-                let bv = simd.neg_f32s(from_lanes(simd, &b));
-                for c in 0..classes {
-                    let e = load::<S>(&et, c * lanes);
-                    let mut g = simd.mul_f32s(av, e);
-                    if plan.smoothed() {
-                        g = simd.mul_add_e_f32s(bv, simd.splat_f32s(plan.class_weight(c)), g);
-                    }
-                    S::as_mut_simd_f32s(&mut et[c * lanes..(c + 1) * lanes]).0[0] = g;
-                }
-                // Transpose out (slow rows read their logits before anything is written).
-                for j in 0..width {
-                    let span = (r0 + j) * classes..(r0 + j + 1) * classes;
-                    if slow[j] {
+                if let Some(slow) = &slow {
+                    // Rows with a non-finite scale, in f64, read before anything is written.
+                    for j in (0..width).filter(|&j| slow[j]) {
+                        let span = (r0 + j) * classes..(r0 + j + 1) * classes;
+                        let h = j / lanes;
+                        let (m_l, sum_l) = (lanes_of(simd, m[h]), lanes_of(simd, sum[h]));
+                        let row_lse = LseState {
+                            max: m_l[j % lanes],
+                            sum: f64::from(sum_l[j % lanes]),
+                        }
+                        .log_sum_exp();
                         let s = self.scale.at(first + r0 + j);
-                        let src = src_all.map(|x| &x[span.clone()]);
                         plan.slow_position(
-                            src,
+                            src_all.map(|x| &x[span.clone()]),
                             &mut dst[span],
                             None,
                             Strided::row(classes),
-                            lse[j],
+                            row_lse,
                             s,
-                            Some(ys[j]),
+                            Some(yf[j] as usize),
                             0.0,
                         );
-                    } else if !valid[j] {
-                        dst[span].fill(0.0);
-                    } else {
-                        for (c, g) in dst[span].iter_mut().enumerate() {
-                            *g = et[c * lanes + j];
-                        }
-                        dst[(r0 + j) * classes + ys[j]] -= fix[j];
                     }
                 }
+                transpose_out(&et, r0, classes, width, dst, slow.as_ref());
             }
-            for (j, &l) in losses[..width].iter().enumerate() {
-                if let Some(out) = self.losses.as_deref_mut() {
-                    out[r0 + j] = l as f32;
-                }
-                total += l;
+            if let Some(out) = self.losses.as_deref_mut() {
+                out[r0..r0 + width].copy_from_slice(&losses[..width]);
             }
             r0 += width;
         }
+        let mut total = 0.0f64;
+        for a in acc {
+            for l in &lanes_of(simd, a)[..lanes] {
+                total += f64::from(*l);
+            }
+        }
         total
+    }
+
+    /// The upstream-gradient scale of `width` rows starting at `position` (0 in ignored rows),
+    /// and which valid rows have a non-finite one (`None` when none does).
+    #[inline(always)]
+    fn lane_scales(
+        &self,
+        position: usize,
+        width: usize,
+        yf: &[f32; TILE],
+    ) -> ([f32; TILE], Option<[bool; TILE]>) {
+        let mut sv = [0.0f32; TILE];
+        let mut slow = [false; TILE];
+        let mut any = false;
+        for j in 0..width {
+            let s = self.scale.at(position + j);
+            let valid = yf[j] >= 0.0;
+            slow[j] = valid && !s.is_finite();
+            any |= slow[j];
+            sv[j] = if valid && !slow[j] { s } else { 0.0 };
+        }
+        (sv, any.then_some(slow))
     }
 
     /// The contiguous rows. The fused pass stores `exp(x − max)` into the gradient buffer as it
@@ -764,4 +828,89 @@ struct TileAt {
     span_len: usize,
     first: usize,
     width: usize,
+}
+
+/// Copies `width` rows of `classes` logits starting at row `r0` of `x` into the class-major tile
+/// (`xt[c][j]` = row `j`'s class `c`), unrolled for each `C` up to 16.
+#[inline(always)]
+fn transpose_in<const K: usize>(
+    x: &[f32],
+    r0: usize,
+    classes: usize,
+    width: usize,
+    xt: &mut [[f32; TILE]; K],
+) {
+    macro_rules! fixed {
+        ($($c:literal)*) => {
+            match classes {
+                $($c if $c <= K => transpose_in_n::<$c, K>(&x[r0 * $c..(r0 + width) * $c], xt),)*
+                _ => {
+                    let rows = &x[r0 * classes..(r0 + width) * classes];
+                    for (j, row) in rows.chunks_exact(classes).enumerate() {
+                        for (c, &v) in row.iter().enumerate() {
+                            xt[c][j] = v;
+                        }
+                    }
+                }
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+#[inline(always)]
+fn transpose_in_n<const C: usize, const K: usize>(rows: &[f32], xt: &mut [[f32; TILE]; K]) {
+    for (j, row) in rows.chunks_exact(C).take(TILE).enumerate() {
+        for c in 0..C {
+            xt[c][j] = row[c];
+        }
+    }
+}
+
+/// Writes the class-major gradient tile back as `width` rows at row `r0` of `dst`, skipping the
+/// rows marked `slow` (already written).
+#[inline(always)]
+fn transpose_out<const K: usize>(
+    et: &[[f32; TILE]; K],
+    r0: usize,
+    classes: usize,
+    width: usize,
+    dst: &mut [f32],
+    slow: Option<&[bool; TILE]>,
+) {
+    macro_rules! fixed {
+        ($($c:literal)*) => {
+            match classes {
+                $($c if $c <= K => transpose_out_n::<$c, K>(et, &mut dst[r0 * $c..(r0 + width) * $c], slow),)*
+                _ => {
+                    let rows = &mut dst[r0 * classes..(r0 + width) * classes];
+                    for (j, row) in rows.chunks_exact_mut(classes).enumerate() {
+                        if slow.is_some_and(|s| s[j]) {
+                            continue;
+                        }
+                        for (c, g) in row.iter_mut().enumerate() {
+                            *g = et[c][j];
+                        }
+                    }
+                }
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+#[inline(always)]
+fn transpose_out_n<const C: usize, const K: usize>(
+    et: &[[f32; TILE]; K],
+    rows: &mut [f32],
+    slow: Option<&[bool; TILE]>,
+) {
+    for (j, row) in rows.chunks_exact_mut(C).take(TILE).enumerate() {
+        if slow.is_some_and(|s| s[j]) {
+            continue;
+        }
+        for c in 0..C {
+            row[c] = et[c][j];
+        }
+    }
 }
