@@ -156,6 +156,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
     /// dependent operations (max, `exp`, sum, `ln`, loss) longer than the out-of-order window, so
     /// two independent chains side by side keep the core busy.
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // `h` walks several per-vector arrays in lockstep
     fn rows_as_lanes<S: Simd, const K: usize>(mut self, simd: S) -> f64 {
         const G: usize = TILE / MAX_LANES;
         let plan = self.plan;
