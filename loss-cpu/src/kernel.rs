@@ -43,6 +43,7 @@ use pulp::{Arch, Simd, WithSimd};
 
 mod simd;
 mod units;
+mod x86;
 
 use simd::{
     Extras, NoTerm, ProbTerm, SmoothTerm, Term, grad_row, prob_sums, row_lse, weighted_sum,

@@ -184,7 +184,6 @@ pub(super) fn chunk_exp_store<S: Simd>(
     // exp's constants in registers (four spilled to the stack).
     let mut acc = [zero; 2];
     let len = dst.len();
-    let quads = len / (4 * lanes);
     let full = len / lanes;
     let n = len - full * lanes;
     // The overlapping last vector, computed before the loop overwrites (in place) its lanes.
@@ -199,34 +198,29 @@ pub(super) fn chunk_exp_store<S: Simd>(
         None
     };
     let (gh, gt) = S::as_mut_simd_f32s(dst);
-    let xh = src.map(|x| S::as_simd_f32s(x).0);
-    for q in 0..quads {
-        let mut line = 0;
-        while line < 4 * lanes {
-            prefetch(ahead.wrapping_add(q * 4 * lanes + line));
-            // The gradient's lines too: the store would otherwise wait for their fill.
-            prefetch(ahead_dst.wrapping_add(q * 4 * lanes + line));
-            line += 16;
+    // Quads as arrays (no bounds check per vector; the checks had cost the loop its constant
+    // registers, NOTES.md #31).
+    let (gq, grest) = pulp::as_arrays_mut::<4, _>(gh);
+    match src {
+        Some(x) => {
+            let (xq, xrest) = pulp::as_arrays::<4, _>(S::as_simd_f32s(x).0);
+            for (q, (g, &v)) in gq.iter_mut().zip(xq).enumerate() {
+                *g = exp_quad(simd, o, v, &mut acc, q, ahead, ahead_dst);
+            }
+            for (g, &v) in grest.iter_mut().zip(xrest) {
+                *g = exp_shifted(simd, simd.sub_f32s(v, o));
+                acc[0] = simd.add_f32s(acc[0], *g);
+            }
         }
-        for k in 0..4 {
-            let i = 4 * q + k;
-            let v = match xh {
-                Some(xh) => xh[i],
-                None => gh[i],
-            };
-            let e = exp_shifted(simd, simd.sub_f32s(v, o));
-            gh[i] = e;
-            acc[k & 1] = simd.add_f32s(acc[k & 1], e);
+        None => {
+            for (q, g) in gq.iter_mut().enumerate() {
+                *g = exp_quad(simd, o, *g, &mut acc, q, ahead, ahead_dst);
+            }
+            for g in grest.iter_mut() {
+                *g = exp_shifted(simd, simd.sub_f32s(*g, o));
+                acc[0] = simd.add_f32s(acc[0], *g);
+            }
         }
-    }
-    for i in 4 * quads..full {
-        let v = match xh {
-            Some(xh) => xh[i],
-            None => gh[i],
-        };
-        let e = exp_shifted(simd, simd.sub_f32s(v, o));
-        gh[i] = e;
-        acc[0] = simd.add_f32s(acc[0], e);
     }
     if let Some(e) = last {
         acc[1] = simd.add_f32s(acc[1], simd.select_f32s_m32s(last_lanes(simd, n), e, zero));
@@ -243,6 +237,34 @@ pub(super) fn chunk_exp_store<S: Simd>(
     }
     let acc = simd.add_f32s(acc[0], acc[1]);
     simd.reduce_sum_f32s(acc)
+}
+
+/// One quad of [`chunk_exp_store`]: the four `exp(v − o)`, added to the two accumulators, and
+/// the prefetches of quad `q`'s lines at `ahead` and `ahead_dst`.
+#[inline(always)]
+fn exp_quad<S: Simd>(
+    simd: S,
+    o: S::f32s,
+    v: [S::f32s; 4],
+    acc: &mut [S::f32s; 2],
+    q: usize,
+    ahead: *const f32,
+    ahead_dst: *const f32,
+) -> [S::f32s; 4] {
+    let step = 4 * S::F32_LANES;
+    let mut line = 0;
+    while line < step {
+        prefetch(ahead.wrapping_add(q * step + line));
+        // The gradient's lines too: the store would otherwise wait for their fill.
+        prefetch(ahead_dst.wrapping_add(q * step + line));
+        line += 16;
+    }
+    let mut e = v;
+    for k in 0..4 {
+        e[k] = exp_shifted(simd, simd.sub_f32s(v[k], o));
+        acc[k & 1] = simd.add_f32s(acc[k & 1], e[k]);
+    }
+    e
 }
 
 /// The sums a row pass takes besides the log-sum-exp.

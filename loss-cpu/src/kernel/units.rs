@@ -182,14 +182,15 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
         let mut r0 = 0;
         while r0 < rows {
             let width = (G * lanes).min(rows - r0);
-            transpose_in(self.mode.logits(), r0, classes, width, &mut xt);
+            let full = width == G * lanes;
+            if full && is_avx2::<S>() && (2..=8).contains(&classes) {
+                shuffle_in(self.mode.logits(), r0, classes, width, &mut xt);
+            } else {
+                transpose_in(self.mode.logits(), r0, classes, width, &mut xt);
+            }
             // The lanes' targets as floats (−1 where ignored), compared with each class below.
             let mut yf = [-1.0f32; TILE];
-            for (y, &t) in yf.iter_mut().zip(&targets[r0..r0 + width]) {
-                if t != plan.ignore_index {
-                    *y = t as f32;
-                }
-            }
+            target_lanes(&targets[r0..r0 + width], plan.ignore_index, &mut yf);
             let mut yv = [zero; G];
             for h in 0..G {
                 yv[h] = load::<S>(&yf, h * lanes);
@@ -307,7 +308,11 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                         );
                     }
                 }
-                transpose_out(&et, r0, classes, width, dst, slow.as_ref());
+                if full && slow.is_none() && is_avx2::<S>() && (2..=8).contains(&classes) {
+                    shuffle_out(&et, r0, classes, width, dst);
+                } else {
+                    transpose_out(&et, r0, classes, width, dst, slow.as_ref());
+                }
             }
             if let Some(out) = self.losses.as_deref_mut() {
                 out[r0..r0 + width].copy_from_slice(&losses[..width]);
@@ -333,6 +338,15 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
         yf: &[f32; TILE],
     ) -> ([f32; TILE], Option<[bool; TILE]>) {
         let mut sv = [0.0f32; TILE];
+        if let GradScale::Uniform(s) = self.scale
+            && s.is_finite()
+        {
+            // One finite scale: no row is slow, and the lanes past `width` (target −1) get 0.
+            for (v, &y) in sv.iter_mut().zip(yf) {
+                *v = if y >= 0.0 { s } else { 0.0 };
+            }
+            return (sv, None);
+        }
         let mut slow = [false; TILE];
         let mut any = false;
         for j in 0..width {
@@ -914,4 +928,105 @@ fn transpose_out_n<const C: usize, const K: usize>(
             row[c] = et[c][j];
         }
     }
+}
+
+/// The targets of a group's rows as floats in `yf` (−1 where ignored, and in the lanes past
+/// `targets.len()`), without a branch per row: validated targets are class indices below
+/// 2^24 (exact in `f32`) or the ignore index.
+#[inline(always)]
+fn target_lanes(targets: &[i64], ignore_index: i64, yf: &mut [f32; TILE]) {
+    #[inline(always)]
+    fn one(t: i64, ignore_index: i64) -> f32 {
+        if t == ignore_index {
+            -1.0
+        } else {
+            t as i32 as f32
+        }
+    }
+    if let Ok(all) = <&[i64; TILE]>::try_from(targets) {
+        for (y, &t) in yf.iter_mut().zip(all) {
+            *y = one(t, ignore_index);
+        }
+    } else {
+        for (y, &t) in yf.iter_mut().zip(targets) {
+            *y = one(t, ignore_index);
+        }
+    }
+}
+
+/// Whether `S` is pulp's AVX2 + FMA instruction set (whose dispatch checked the CPU).
+#[inline(always)]
+fn is_avx2<S: Simd>() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        core::any::TypeId::of::<S>() == core::any::TypeId::of::<pulp::x86::V3>()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`transpose_in`] of a full group (`width` a multiple of 8) of `2 ≤ classes ≤ 8` with the
+/// AVX2 shuffles of [`super::x86`]. Only where [`is_avx2`] holds.
+#[inline(always)]
+fn shuffle_in<const K: usize>(
+    x: &[f32],
+    r0: usize,
+    classes: usize,
+    width: usize,
+    xt: &mut [[f32; TILE]; K],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! fixed {
+            ($($c:literal)*) => {
+                match classes {
+                    $($c if $c <= K => {
+                        let rows = &x[r0 * $c..(r0 + width) * $c];
+                        for (b, block) in rows.chunks_exact(8 * $c).enumerate() {
+                            // SAFETY: called only where `S` is V3, whose dispatch verified AVX2
+                            // at run time (`is_avx2`).
+                            unsafe { super::x86::rows_to_classes::<$c, TILE, K>(block, xt, 8 * b) };
+                        }
+                    })*
+                    _ => transpose_in(x, r0, classes, width, xt),
+                }
+            };
+        }
+        fixed!(2 3 4 5 6 7 8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    transpose_in(x, r0, classes, width, xt)
+}
+
+/// [`transpose_out`] of a full group without slow rows, as [`shuffle_in`].
+#[inline(always)]
+fn shuffle_out<const K: usize>(
+    et: &[[f32; TILE]; K],
+    r0: usize,
+    classes: usize,
+    width: usize,
+    dst: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! fixed {
+            ($($c:literal)*) => {
+                match classes {
+                    $($c if $c <= K => {
+                        let rows = &mut dst[r0 * $c..(r0 + width) * $c];
+                        for (b, block) in rows.chunks_exact_mut(8 * $c).enumerate() {
+                            // SAFETY: as in `shuffle_in`.
+                            unsafe { super::x86::classes_to_rows::<$c, TILE, K>(et, 8 * b, block) };
+                        }
+                    })*
+                    _ => transpose_out(et, r0, classes, width, dst, None),
+                }
+            };
+        }
+        fixed!(2 3 4 5 6 7 8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    transpose_out(et, r0, classes, width, dst, None)
 }
