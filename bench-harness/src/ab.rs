@@ -24,6 +24,12 @@
 //! otherwise.
 //! `--fail-above X` fails only a configuration whose whole interval says it is more than `X`
 //! slower.
+//!
+//! `--against-backend NAME [--against-threads N]` compares two backends instead of two builds
+//! (`--against` defaults to this binary then): every configuration's other side runs `NAME` at
+//! `N` threads (1 by default) on the same cell and op, so `--backend rayon --threads 2
+//! --against-backend cpu` gives rayon's speed-up over loss-cpu with the machine's drift (and the
+//! other core's load) hitting both alike.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -96,6 +102,8 @@ pub struct AbOptions {
     pub run: RunOptions,
     /// The other build's `loss-bench`.
     pub against: PathBuf,
+    /// The other side's backend and thread count, when it is not the configuration's own.
+    pub against_backend: Option<(String, usize)>,
     /// This build's `loss-bench` (the running executable by default).
     pub current: PathBuf,
     /// Differences smaller than this are `same`.
@@ -284,6 +292,10 @@ pub struct Side {
     pub path: String,
     /// Its harness version.
     pub version: String,
+    /// The backend and thread count this side ran, when not the configuration's
+    /// (`--against-backend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// A whole `ab` result file.
@@ -370,10 +382,10 @@ pub fn configs(opts: &RunOptions, skipped: &mut Vec<Skipped>) -> Vec<Config> {
 
 fn prepare_both(
     workers: &mut [Client; 2],
-    config: &Config,
+    configs: [&Config; 2],
 ) -> Result<[worker::ReadyReply; 2], Error> {
     // Both prepare at once (each computes its own reference), then both answers are read.
-    for w in workers.iter_mut() {
+    for (w, config) in workers.iter_mut().zip(configs) {
         w.send_prepare(config)?;
     }
     let mut replies = Vec::new();
@@ -408,6 +420,16 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
     let (current, hello_a) = Client::spawn(&opts.current)?;
     let (against, hello_b) = Client::spawn(&opts.against)?;
     let mut workers = [current, against];
+    // The other side's configuration: the same, or the same cell and op on another backend.
+    let other_side = |c: &Config| match &opts.against_backend {
+        Some((name, threads)) => Config {
+            backend: name.clone(),
+            threads: *threads,
+            variant: String::new(),
+            ..c.clone()
+        },
+        None => c.clone(),
+    };
     let mut skipped = Vec::new();
     let mut caveats = std::collections::BTreeSet::new();
     let configs = configs(&opts.run, &mut skipped);
@@ -463,7 +485,7 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
             fresh: placements,
             ..config.clone()
         };
-        let [ra, rb] = match prepare_both(&mut workers, &first) {
+        let [ra, rb] = match prepare_both(&mut workers, [&first, &other_side(&first)]) {
             Ok(r) => r,
             Err(e) => {
                 skipped.push(skip(e.to_string()));
@@ -536,7 +558,7 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
                         fresh: placements,
                         ..config.clone()
                     };
-                    let [a, b] = prepare_both(&mut workers, &again)?;
+                    let [a, b] = prepare_both(&mut workers, [&again, &other_side(&again)])?;
                     if [a.digest, b.digest] != digests {
                         return Err(Error::Worker(
                             "a new placement changed the output bits".into(),
@@ -599,10 +621,15 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
         current: Side {
             path: opts.current.display().to_string(),
             version: hello_a.version,
+            backend: None,
         },
         against: Side {
             path: opts.against.display().to_string(),
             version: hello_b.version,
+            backend: opts
+                .against_backend
+                .as_ref()
+                .map(|(name, threads)| format!("{name} {threads}T")),
         },
         min_effect: opts.min_effect,
         fail_above: opts.fail_above,
@@ -650,12 +677,17 @@ fn row(r: &AbResult) -> [String; 9] {
 
 fn header(report: &AbReport) -> String {
     format!(
-        "current: {} ({})\nagainst: {} ({})\nratio = against time / current time over paired samples (> 1: current is faster); \
+        "current: {} ({})\nagainst: {} ({}){}\nratio = against time / current time over paired samples (> 1: current is faster); \
          verdict beyond ±{:.1}%{}",
         report.current.path,
         report.current.version,
         report.against.path,
         report.against.version,
+        report
+            .against
+            .backend
+            .as_ref()
+            .map_or(String::new(), |b| format!(", every configuration on {b}")),
         report.min_effect * 100.0,
         report.fail_above.map_or(String::new(), |x| format!(
             "; FAIL: slower by more than {:.1}% over the whole interval",

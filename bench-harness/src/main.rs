@@ -132,9 +132,16 @@ struct RunArgs {
 
 #[derive(Args)]
 struct AbArgs {
-    /// The other build's loss-bench binary.
+    /// The other build's loss-bench binary (default: this one, with `--against-backend`).
+    #[arg(long, required_unless_present = "against_backend")]
+    against: Option<PathBuf>,
+    /// Compare with another backend instead of another build: the other side runs this backend
+    /// on every configuration's cell and op (`--backend rayon --threads 2 --against-backend cpu`).
     #[arg(long)]
-    against: PathBuf,
+    against_backend: Option<String>,
+    /// The other side's thread count with `--against-backend`.
+    #[arg(long, default_value_t = 1, requires = "against_backend")]
+    against_threads: usize,
     /// Exit 1 when a configuration is slower than this with confidence (`5%`).
     #[arg(long)]
     fail_above: Option<String>,
@@ -323,10 +330,12 @@ fn ab_cmd(args: AbArgs) -> Result<ExitCode, Error> {
             "ab times; for counts, run --counts with each build and compare".into(),
         ));
     }
+    let current = std::env::current_exe().map_err(|e| Error::io("loss-bench", e))?;
     let opts = AbOptions {
         run: run_options(&args.run)?,
-        against: args.against,
-        current: std::env::current_exe().map_err(|e| Error::io("loss-bench", e))?,
+        against: args.against.unwrap_or_else(|| current.clone()),
+        against_backend: args.against_backend.map(|b| (b, args.against_threads)),
+        current,
         min_effect: compare::parse_threshold(&args.min_effect)?,
         fail_above: args
             .fail_above

@@ -18,8 +18,9 @@
 //!
 //! Reductions are never `par_iter().sum()` on floats: every float sum has a fixed order.
 //!
-//! Below [`SEQUENTIAL_BELOW`] logits the work runs on the calling thread (same units, same
-//! order, same bits), so tiny problems pay no parallel overhead.
+//! Below [`SEQUENTIAL_BELOW`] units of work ([`work`]: logits plus [`ROW_COST`] per position) the
+//! work runs on the calling thread (same units, same order, same bits), so small problems pay no
+//! parallel overhead.
 //!
 //! [`Plan`]: loss_cpu::kernel::Plan
 //! [`LseState`]: loss_cpu::kernel::LseState
@@ -33,9 +34,18 @@ use rayon::prelude::*;
 pub use loss_cpu::kernel::LseState;
 pub use split::RowPartial;
 
-/// Problems with fewer logits than this run on the calling thread: the measured crossover of the
+/// Problems of less [`work`] than this run on the calling thread: the measured crossover of the
 /// parallel path on the reference machine (NOTES.md, "Sequential below").
-pub const SEQUENTIAL_BELOW: usize = 128 * 1024;
+pub const SEQUENTIAL_BELOW: usize = 512 * 1024;
+
+/// The cost of a position's own work (its `ln`, loss and target) in logits: loss-cpu takes about
+/// 6 ns per 3-class row and 0.5 ns per logit of long rows (NOTES.md, "Sequential below").
+pub const ROW_COST: usize = 12;
+
+/// A problem's work in logit-equivalents: `N·C + ROW_COST·N` (N positions).
+pub fn work(problem: &Problem<'_>) -> usize {
+    problem.logits().len() + ROW_COST * problem.layout().positions()
+}
 
 /// Logits per rayon task at least (groups of units), so small-row problems do not drown in
 /// task overhead.
@@ -89,7 +99,7 @@ impl RayonBackend {
         })
     }
 
-    /// Overrides the sequential threshold (in logits); 0 forces the parallel path everywhere
+    /// Overrides the sequential threshold (in [`work`] units); 0 forces the parallel path everywhere
     /// (the determinism tests use it). Does not change any result bit.
     pub fn with_sequential_below(mut self, logits: usize) -> Self {
         self.sequential_below = logits;
@@ -111,7 +121,7 @@ impl RayonBackend {
     }
 
     fn parallel(&self, problem: &Problem<'_>) -> bool {
-        self.threads > 1 && problem.logits().len() >= self.sequential_below
+        self.threads > 1 && work(problem) >= self.sequential_below
     }
 
     /// Runs `f` in the pool when parallel, else on this thread.
