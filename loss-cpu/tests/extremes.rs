@@ -71,4 +71,49 @@ proptest! {
         prop_assert_eq!(bits(&loss), bits(&l));
         prop_assert_eq!(bits(&buf), bits(&gr));
     }
+
+    /// Non-finite upstream gradients (±∞, NaN) at some positions, or in the one value of a
+    /// sum or mean: those positions take the kernels' `f64` element path, chosen before anything
+    /// is written (in place included: the gradient is written over the logits it needs).
+    #[test]
+    fn non_finite_upstream_gradients_follow_the_reference(
+        data in kit::problems_of(prop_oneof![
+            (1usize..40, 1usize..80).prop_map(|(n, c)| vec![n, c]),
+            (1usize..4, 1usize..20, 1usize..40).prop_map(|(n, c, d)| vec![n, c, d]),
+        ]),
+        // Finite values of order 1: a finite scale takes the f32 path, where the target's
+        // `a·p − fix` cancels, and the tolerance's absolute part does not scale with `s`.
+        upstream in prop::collection::vec(prop_oneof![
+            4 => kit::uniform(-2.0, 2.0),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NAN),
+        ], 1..200),
+    ) {
+        let p = data.problem().unwrap();
+        let g: Vec<f32> = (0..p.loss_len()).map(|i| upstream[i % upstream.len()]).collect();
+        let (l, gr) = CpuBackend::new().forward_backward(&p, &g).unwrap();
+        let (rl, rg) = ReferenceBackend::new().forward_backward(&p, &g).unwrap();
+        kit::assert_close("loss", &l, &widen(&rl), DEFAULT_TOLERANCE)?;
+        // Where the reference's element is finite (a finite scale, or an ignored position's 0),
+        // it must be matched; where it is not, ∞·(p − [c = y]) is ±∞ or NaN by the rounding of
+        // `p − 1` alone (f64 there, f32 sums here), so only non-finiteness is required.
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for (i, (&a, &b)) in gr.iter().zip(&rg).enumerate() {
+            if b.is_finite() {
+                got.push(a);
+                want.push(b);
+            } else {
+                prop_assert!(!a.is_finite(), "grad[{}] = {} where the reference has {}", i, a, b);
+            }
+        }
+        kit::assert_close("grad", &got, &widen(&want), DEFAULT_TOLERANCE)?;
+        let mut buf = data.logits.clone();
+        let mut loss = vec![0.0; p.loss_len()];
+        CpuBackend::new()
+            .forward_backward_in_place(&mut buf, &data.shape, data.target(), data.options(), &g, &mut loss)
+            .unwrap();
+        prop_assert_eq!(bits(&loss), bits(&l));
+        prop_assert_eq!(bits(&buf), bits(&gr));
+    }
 }

@@ -650,6 +650,23 @@ pub(super) fn grad_row<S: Simd, T: Term>(
     }
 }
 
+/// `g[c] = term(a·g[c])` over a row of stored exponentials (the medium rows' gradient pass).
+#[inline(always)]
+pub(super) fn scale_row<S: Simd, T: Term>(simd: S, g: &mut [f32], a: f32, term: &T) {
+    let lanes = S::F32_LANES;
+    let a = simd.splat_f32s(a);
+    let full = g.len() / lanes * lanes;
+    let (gh, gt) = S::as_mut_simd_f32s(g);
+    for (k, o) in gh.iter_mut().enumerate() {
+        *o = term.full(simd, simd.mul_f32s(a, *o), k * lanes);
+    }
+    if !gt.is_empty() {
+        let v = simd.partial_load_f32s(gt);
+        let r = term.part(simd, simd.mul_f32s(a, v), full, gt.len());
+        simd.partial_store_f32s(gt, r);
+    }
+}
+
 /// A vector of `f32` lanes with its SIMD token, so that loss-core's
 /// [formulas](loss_core::formula) evaluate several positions at once (one position per lane).
 #[derive(Clone, Copy)]

@@ -9,8 +9,17 @@ use super::simd::*;
 use super::{CHUNK, FOLD, GradScale, LseState, MAX_LANES, Plan, Smoothing, Strided, origin};
 use crate::exp::{exp_shifted, ln_sum};
 
-/// Rows of at most this many classes (index targets) take the rows-as-lanes path.
-const SMALL_C: usize = 32;
+/// Rows of at most this many classes (index targets) take the rows-as-lanes path; the forward
+/// pass up to [`SMALL_C_FORWARD`]. Beyond, the medium-rows path is faster (NOTES.md #32: at
+/// C = 20 lanes won the forward pass by 13 % and lost the gradient by 6 %; at C = 32 the medium
+/// path won both by 29–48 %).
+const SMALL_C: usize = 16;
+/// See [`SMALL_C`].
+const SMALL_C_FORWARD: usize = 24;
+
+/// Rows of more than [`SMALL_C`] ([`SMALL_C_FORWARD`]) and at most this many classes (index targets) take the
+/// medium-rows path: vector passes per row, the epilogue in lanes.
+const MEDIUM_C: usize = 4096;
 
 /// Rows per rows-as-lanes group at most: two vectors of the widest lanes.
 const TILE: usize = 2 * MAX_LANES;
@@ -134,17 +143,197 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
     #[inline(always)]
     fn rows<S: Simd>(self, simd: S) -> f64 {
         let plan = self.plan;
-        if plan.layout.classes <= SMALL_C && matches!(plan.target, TargetData::Indices(_)) {
+        let small = if M::GRAD { SMALL_C } else { SMALL_C_FORWARD };
+        if plan.layout.classes <= small && matches!(plan.target, TargetData::Indices(_)) {
             // The tiles are sized to the classes (zeroing 8 KiB per unit cost more than a
             // unit of 3-class rows).
             return match plan.layout.classes {
                 0..=4 => self.rows_as_lanes::<S, 4>(simd),
                 5..=8 => self.rows_as_lanes::<S, 8>(simd),
                 9..=16 => self.rows_as_lanes::<S, 16>(simd),
-                _ => self.rows_as_lanes::<S, SMALL_C>(simd),
+                _ => self.rows_as_lanes::<S, SMALL_C_FORWARD>(simd),
             };
         }
+        if plan.layout.classes <= MEDIUM_C && matches!(plan.target, TargetData::Indices(_)) {
+            return self.medium_rows(simd);
+        }
         self.rows_with(simd)
+    }
+
+    /// Medium rows (from [`SMALL_C`] or [`SMALL_C_FORWARD`] to `C ≤ MEDIUM_C`, index targets): each row's max and sum of
+    /// exponentials by vector passes over the row (the exponentials stored into the gradient
+    /// buffer when one is asked for), then the per-row epilogue — `ln`, loss and gradient
+    /// coefficients from loss-core's formulas — for `2·lanes` rows at once in lanes, as in
+    /// [`Self::rows_as_lanes`]; the gradient pass is one multiply (and, smoothed, one FMA) per
+    /// logit of the stored exponentials. Rows with a non-finite gradient scale are found before
+    /// anything is written and take the `f64` element path.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // `h` and `j` walk several per-lane arrays in lockstep
+    fn medium_rows<S: Simd>(mut self, simd: S) -> f64 {
+        const G: usize = TILE / MAX_LANES;
+        let plan = self.plan;
+        let lanes = S::F32_LANES;
+        let classes = plan.layout.classes;
+        let positions = plan.unit_positions(self.unit);
+        let first = positions.start;
+        let rows = positions.len();
+        let TargetData::Indices(all_targets) = plan.target else {
+            unreachable!("medium_rows takes index targets only")
+        };
+        let targets = &all_targets[positions];
+        let smoothed = plan.smoothed();
+        let ninf = simd.splat_f32s(f32::NEG_INFINITY);
+        let zero = simd.splat_f32s(0.0);
+        let mut acc = [zero; G];
+        let mut r0 = 0;
+        while r0 < rows {
+            let width = (G * lanes).min(rows - r0);
+            let mut yf = [-1.0f32; TILE];
+            target_lanes(&targets[r0..r0 + width], plan.ignore_index, &mut yf);
+            let (sv, slow) = if M::GRAD {
+                self.lane_scales(first + r0, width, &yf)
+            } else {
+                ([0.0; TILE], None)
+            };
+            // Per row: max, Σ exp(x − max), the target's logit and weight, Σ w·(x − max).
+            let (mut mf, mut sf, mut xyf, mut wyf, mut wxf) = (
+                [0.0f32; TILE],
+                [1.0f32; TILE],
+                [0.0f32; TILE],
+                [0.0f32; TILE],
+                [0.0f32; TILE],
+            );
+            {
+                let (src_all, dst_all) = self.mode.parts();
+                for j in 0..width {
+                    let r = r0 + j;
+                    let span = r * classes..(r + 1) * classes;
+                    // The next row, prefetched while this one computes.
+                    let next = (r + 1).min(rows - 1) * classes;
+                    let ahead = match src_all {
+                        Some(x) => x.as_ptr(),
+                        None => dst_all.as_ptr(),
+                    }
+                    .wrapping_add(next);
+                    let ahead_dst = dst_all.as_ptr().wrapping_add(next);
+                    let valid = yf[j] >= 0.0;
+                    let y = if valid { targets[r] as usize } else { 0 };
+                    let x = match src_all {
+                        Some(x) => &x[span.clone()],
+                        None => &dst_all[span.clone()],
+                    };
+                    let m = chunk_max(simd, x);
+                    let o = origin(m);
+                    mf[j] = m;
+                    xyf[j] = x[y];
+                    wyf[j] = if valid { plan.class_weight(y) } else { 0.0 };
+                    if smoothed {
+                        wxf[j] = weighted_sum(simd, x, plan.weight, o).0 as f32;
+                    }
+                    let stored = M::GRAD && !slow.as_ref().is_some_and(|s| s[j]);
+                    sf[j] = if stored {
+                        chunk_exp_store(
+                            simd,
+                            src_all.map(|x| &x[span.clone()]),
+                            &mut dst_all[span],
+                            o,
+                            ahead,
+                            ahead_dst,
+                        )
+                    } else {
+                        chunk_sum_exp(simd, x, o, ahead)
+                    };
+                }
+            }
+            let mut losses = [0.0f32; TILE];
+            let (mut af, mut bf, mut fixf) = ([0.0f32; TILE], [0.0f32; TILE], [0.0f32; TILE]);
+            for h in 0..G {
+                let at = h * lanes;
+                let (m, sum) = (load::<S>(&mf, at), load::<S>(&sf, at));
+                let wy = Lanes(simd, load::<S>(&wyf, at));
+                let ln = simd.select_f32s_m32s(
+                    simd.equal_f32s(m, ninf),
+                    simd.splat_f32s(f32::NAN),
+                    ln_sum(simd, sum),
+                );
+                let stats = RowStats {
+                    max: Lanes(simd, m),
+                    ln_sum: Lanes(simd, ln),
+                    x_target: Lanes(simd, load::<S>(&xyf, at)),
+                    weighted: Lanes(simd, load::<S>(&wxf, at)),
+                    mass: Lanes(simd, zero),
+                };
+                let valid = simd.greater_than_or_equal_f32s(load::<S>(&yf, at), zero);
+                let loss = formula::index_loss(plan.scalars(), wy, &stats).1;
+                let loss = simd.select_f32s_m32s(valid, loss, zero);
+                acc[h] = simd.add_f32s(acc[h], loss);
+                S::as_mut_simd_f32s(&mut losses[at..at + lanes]).0[0] = loss;
+                if M::GRAD {
+                    let scale = Lanes(simd, load::<S>(&sv, at));
+                    let k = formula::index_coefficients(plan.scalars(), scale, wy);
+                    let lse = stats.lse().1;
+                    // p = e / sum; NaN for a row without LSE, as the reference.
+                    let factor = simd.select_f32s_m32s(
+                        simd.equal_f32s(lse, lse),
+                        simd.div_f32s(simd.splat_f32s(1.0), sum),
+                        simd.splat_f32s(f32::NAN),
+                    );
+                    S::as_mut_simd_f32s(&mut af[at..at + lanes]).0[0] =
+                        simd.mul_f32s(k.a.1, factor);
+                    S::as_mut_simd_f32s(&mut bf[at..at + lanes]).0[0] = k.b.1;
+                    S::as_mut_simd_f32s(&mut fixf[at..at + lanes]).0[0] = k.fix.1;
+                }
+            }
+            if M::GRAD {
+                let (src_all, dst_all) = self.mode.parts();
+                for j in 0..width {
+                    let r = r0 + j;
+                    let span = r * classes..(r + 1) * classes;
+                    if yf[j] < 0.0 {
+                        dst_all[span].fill(0.0);
+                    } else if slow.as_ref().is_some_and(|s| s[j]) {
+                        let lse = LseState {
+                            max: mf[j],
+                            sum: f64::from(sf[j]),
+                        }
+                        .log_sum_exp();
+                        plan.slow_position(
+                            src_all.map(|x| &x[span.clone()]),
+                            &mut dst_all[span],
+                            None,
+                            Strided::row(classes),
+                            lse,
+                            self.scale.at(first + r),
+                            Some(yf[j] as usize),
+                            0.0,
+                        );
+                    } else {
+                        let g = &mut dst_all[span];
+                        if smoothed {
+                            let term = SmoothTerm {
+                                b: bf[j],
+                                w: plan.weight,
+                            };
+                            scale_row(simd, g, af[j], &term);
+                        } else {
+                            scale_row(simd, g, af[j], &NoTerm);
+                        }
+                        g[yf[j] as usize] -= fixf[j];
+                    }
+                }
+            }
+            if let Some(out) = self.losses.as_deref_mut() {
+                out[r0..r0 + width].copy_from_slice(&losses[..width]);
+            }
+            r0 += width;
+        }
+        let mut total = 0.0f64;
+        for a in acc {
+            for l in &lanes_of(simd, a)[..lanes] {
+                total += f64::from(*l);
+            }
+        }
+        total
     }
 
     /// Short rows (`C ≤ SMALL_C`, index targets): `2·lanes` rows at a time, one row per lane of
@@ -792,6 +981,23 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
             from_lanes(simd, &lse32),
             simd.neg_f32s(from_lanes(simd, &s)),
         );
+        // The slow lanes first, from the logits, before the vector pass overwrites them in place;
+        // that pass then keeps those lanes as they are.
+        let mut keep = [0.0f32; MAX_LANES];
+        for j in (0..width).filter(|&j| slow[j]) {
+            keep[j] = 1.0;
+            if probs.is_none() && !valid[j] {
+                for c in 0..classes {
+                    dst[base + j + c * inner] = 0.0;
+                }
+            } else {
+                let y = if probs.is_none() { Some(ys[j]) } else { None };
+                let at = Strided::column(base + j, inner, classes);
+                plan.slow_position(src, dst, probs, at, lse[j], s[j], y, mass[j]);
+            }
+        }
+        let any_slow = slow[..width].contains(&true);
+        let keep = simd.greater_than_f32s(from_lanes(simd, &keep), simd.splat_f32s(0.0));
         for c in 0..classes {
             let off = base + c * inner;
             let v = match src {
@@ -813,20 +1019,19 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
             } else {
                 ap
             };
+            let g = if any_slow {
+                let done = match src {
+                    Some(_) => load_n(simd, dst, off, width),
+                    None => v,
+                };
+                simd.select_f32s_m32s(keep, done, g)
+            } else {
+                g
+            };
             store_n(simd, dst, off, width, g);
         }
         for j in 0..width {
-            if slow[j] {
-                if probs.is_none() && !valid[j] {
-                    for c in 0..classes {
-                        dst[base + j + c * inner] = 0.0;
-                    }
-                } else {
-                    let y = if probs.is_none() { Some(ys[j]) } else { None };
-                    let at = Strided::column(base + j, inner, classes);
-                    plan.slow_position(src, dst, probs, at, lse[j], s[j], y, mass[j]);
-                }
-            } else if probs.is_none() {
+            if !slow[j] && probs.is_none() {
                 dst[base + j + ys[j] * inner] -= fix[j];
             }
         }
