@@ -51,10 +51,13 @@ pub fn work(problem: &Problem<'_>) -> usize {
 /// task overhead.
 const MIN_TASK_LOGITS: usize = 64 * 1024;
 
-/// One unit's job: its index, its loss partial, its gradient span and its `none` losses.
+/// One unit's job: its index, its loss and `D` partials, its gradient span and its `none` losses.
 type UnitJob<'a> = (
     usize,
-    ((&'a mut f64, Option<&'a mut [f32]>), Option<&'a mut [f32]>),
+    (
+        (&'a mut (f64, f64), Option<&'a mut [f32]>),
+        Option<&'a mut [f32]>,
+    ),
 );
 
 /// The rayon backend (`name() == "rayon"`), with a thread pool of its own.
@@ -124,6 +127,13 @@ impl RayonBackend {
         self.threads > 1 && work(problem) >= self.sequential_below
     }
 
+    /// Whether the problem runs as loss-cpu's own sequential loop (not parallel, and not the
+    /// split path, whose chunked sums have bits of their own): then the trait methods hand it
+    /// to loss-cpu before doing anything, so a small call costs what loss-cpu's does.
+    fn as_cpu(&self, problem: &Problem<'_>, grad: bool) -> bool {
+        !self.parallel(problem) && !(split::splits_rows(problem) && (!grad || self.split_gradients))
+    }
+
     /// Runs `f` in the pool when parallel, else on this thread.
     fn in_pool<T: Send>(&self, parallel: bool, f: impl FnOnce() -> T + Send) -> T {
         if parallel { self.pool.install(f) } else { f() }
@@ -140,8 +150,12 @@ impl RayonBackend {
         let units = plan.units();
         let none = plan.reduction() == Reduction::None;
         let logits = problem.logits();
-        // D of the mean, from per-unit partials added in unit order (as loss-cpu does).
-        let denominator = if plan.reduction() == Reduction::Mean {
+        // D of the mean, from per-unit partials added in unit order (as loss-cpu does): first,
+        // in a pass of its own, when the gradient's scale needs it; else in the units' jobs
+        // (one fork-join fewer).
+        let mean = plan.reduction() == Reduction::Mean;
+        let d_in_jobs = mean && grad.is_none();
+        let denominator = if mean && !d_in_jobs {
             let mut parts = vec![0.0f64; units];
             parts
                 .par_iter_mut()
@@ -156,7 +170,7 @@ impl RayonBackend {
             if let Some(loss) = loss
                 && !none
             {
-                loss[0] = plan.reduce(0.0, denominator);
+                loss[0] = plan.reduce(0.0, if d_in_jobs { 0.0 } else { denominator });
             }
             return;
         }
@@ -165,7 +179,7 @@ impl RayonBackend {
         let min_len = MIN_TASK_LOGITS.div_ceil(span).max(1);
         // One job per unit: its loss partial, and its own spans of the gradient and (for `none`)
         // of the per-position losses. The spans are disjoint, so the jobs can run anywhere.
-        let mut partials = vec![0.0f64; units];
+        let mut partials = vec![(0.0f64, 0.0f64); units];
         let (scalar_loss, none_losses) = match loss {
             Some(l) if none => (None, Some(l)),
             other => (other, None),
@@ -183,10 +197,13 @@ impl RayonBackend {
         };
         let job = |(u, ((partial, g), l)): UnitJob<'_>| {
             let x = &logits[plan.unit_logits(u)];
-            *partial = match (g, scale) {
+            partial.0 = match (g, scale) {
                 (Some(g), Some(scale)) => plan.fused_unit(u, x, scale, l, g),
                 _ => plan.forward_unit(u, x, l),
             };
+            if d_in_jobs {
+                partial.1 = plan.denominator_partial(u);
+            }
         };
         let jobs = partials
             .iter_mut()
@@ -200,7 +217,12 @@ impl RayonBackend {
             .for_each(job);
         if let Some(loss) = scalar_loss {
             // The partials in unit order: loss-cpu's order, hence loss-cpu's bits.
-            let total = partials.iter().fold(0.0, |a, &p| a + p);
+            let total = partials.iter().fold(0.0, |a, p| a + p.0);
+            let denominator = if d_in_jobs {
+                partials.iter().fold(0.0, |a, p| a + p.1)
+            } else {
+                denominator
+            };
             loss[0] = plan.reduce(total, denominator);
         }
     }
@@ -239,6 +261,9 @@ impl LossBackend for RayonBackend {
     }
 
     fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
+        if self.as_cpu(problem, false) {
+            return loss_cpu::CpuBackend::new().forward_into(problem, loss);
+        }
         problem.check_loss_buffer(loss)?;
         self.dispatch(problem, Some(loss), None)
     }
@@ -249,6 +274,9 @@ impl LossBackend for RayonBackend {
         grad_output: &[f32],
         grad: &mut [f32],
     ) -> Result<()> {
+        if self.as_cpu(problem, true) {
+            return loss_cpu::CpuBackend::new().backward_into(problem, grad_output, grad);
+        }
         problem.check_backward(grad_output, grad)?;
         self.dispatch(problem, None, Some((grad_output, grad)))
     }
@@ -260,6 +288,14 @@ impl LossBackend for RayonBackend {
         loss: &mut [f32],
         grad: &mut [f32],
     ) -> Result<()> {
+        if self.as_cpu(problem, true) {
+            return loss_cpu::CpuBackend::new().forward_backward_into(
+                problem,
+                grad_output,
+                loss,
+                grad,
+            );
+        }
         problem.check_loss_buffer(loss)?;
         problem.check_backward(grad_output, grad)?;
         self.dispatch(problem, Some(loss), Some((grad_output, grad)))
