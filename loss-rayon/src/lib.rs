@@ -18,7 +18,7 @@
 //!
 //! Reductions are never `par_iter().sum()` on floats: every float sum has a fixed order.
 //!
-//! Below [`SEQUENTIAL_BELOW`] units of work ([`work`]: logits plus [`ROW_COST`] per position) the
+//! Below [`SEQUENTIAL_BELOW`] units of work ([`work`]: logits plus [`ROW_COST`] per position; twice that for a forward pass) the
 //! work runs on the calling thread (same units, same order, same bits), so small problems pay no
 //! parallel overhead.
 //!
@@ -123,15 +123,23 @@ impl RayonBackend {
         self.threads
     }
 
-    fn parallel(&self, problem: &Problem<'_>) -> bool {
-        self.threads > 1 && work(problem) >= self.sequential_below
+    /// Whether to use the pool. A forward pass does about half the work of a gradient pass per
+    /// logit, so it needs twice the [`work`] to pay for the pool (NOTES.md, "Sequential below").
+    fn parallel(&self, problem: &Problem<'_>, grad: bool) -> bool {
+        let threshold = if grad {
+            self.sequential_below
+        } else {
+            self.sequential_below.saturating_mul(2)
+        };
+        self.threads > 1 && work(problem) >= threshold
     }
 
     /// Whether the problem runs as loss-cpu's own sequential loop (not parallel, and not the
     /// split path, whose chunked sums have bits of their own): then the trait methods hand it
     /// to loss-cpu before doing anything, so a small call costs what loss-cpu's does.
     fn as_cpu(&self, problem: &Problem<'_>, grad: bool) -> bool {
-        !self.parallel(problem) && !(split::splits_rows(problem) && (!grad || self.split_gradients))
+        !self.parallel(problem, grad)
+            && !(split::splits_rows(problem) && (!grad || self.split_gradients))
     }
 
     /// Runs `f` in the pool when parallel, else on this thread.
@@ -233,7 +241,7 @@ impl RayonBackend {
         loss: Option<&mut [f32]>,
         grad: Option<(&[f32], &mut [f32])>,
     ) -> Result<()> {
-        let parallel = self.parallel(problem);
+        let parallel = self.parallel(problem, grad.is_some());
         // The split path's bits depend only on the shape and on `split_gradients`, never on the
         // thread count.
         if split::splits_rows(problem) && (grad.is_none() || self.split_gradients) {
