@@ -1,0 +1,362 @@
+// Contiguous rows (`inner = 1`) in one read of the logits.
+//
+// - `fused_main`: one workgroup per row that fits on chip (at most `WG · VPT` classes). Each
+//   invocation loads its classes `k·WG + lid` (k < VPT: neighbouring invocations read
+//   neighbouring addresses) into registers once; the row's max and Σ exp, the weighted sums when
+//   the options need them, the loss and the gradient are all computed from those registers, so
+//   the logits are read once and the gradient written once: 8 bytes a logit.
+// - `split_stats` / `split_sums` / `split_finish`: rows longer than that, cut into segments of
+//   `WG · VPT` classes, one workgroup per (row, segment), which also fills a device when there
+//   are few rows. `split_stats` writes each segment's (max, Σ exp, poisoned) partial;
+//   `split_sums` (only when the options need the weighted sums) each segment's sums;
+//   `split_finish` the gradient of its segment and, in segment 0, the loss. Every workgroup of a
+//   row merges the row's partials in segment order itself, so all of them see the same bits.
+//
+// The host prepends `WG`, `VPT`, `FLAGS` (the `FLAG_*` bits of this variant: one pipeline per
+// variant, no run-time branch on them) and `IGNORED` (`context.rs`), and appends the workgroup
+// merges `reduce_stats` / `reduce_sums`: `reduce_subgroup.wgsl` (`subgroupShuffleXor`
+// butterflies, a fixed pattern for the device's fixed subgroup size: deterministic) when the
+// adapter has subgroups, else `reduce_shared.wgsl` (shared-memory trees). Without subgroups the
+// host also removes the `subgroup_size` builtin from the entry points and declares
+// `sg_size = 1`.
+// Semantics are those of `row.wgsl` (which states them): NaN and +inf poison a row, −inf adds
+// nothing, `LSE − x = (m − x) + ls`, an ignored position's gradient is an exact 0.
+
+struct Params {
+    classes: u32,
+    inner: u32,
+    positions: u32,
+    flags: u32,
+    eps: f32,
+    total_weight: f32,
+    scale: f32,
+    segments: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> targets: array<u32>;
+@group(0) @binding(3) var<storage, read> weights: array<f32>;
+@group(0) @binding(4) var<storage, read> grad_output: array<f32>;
+@group(0) @binding(5) var<storage, read_write> row_loss: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grad: array<f32>;
+// Split rows: per (row, segment) 4 values: max, Σ exp, poisoned (as 0/1), unused; then, after
+// `positions · segments · 4` values, per (row, segment) the two weighted sums.
+@group(0) @binding(7) var<storage, read_write> partials: array<f32>;
+
+const PROBS: bool = (FLAGS & FLAG_PROBS) != 0u;
+const LOSS: bool = (FLAGS & FLAG_LOSS) != 0u;
+const GRAD: bool = (FLAGS & FLAG_GRAD) != 0u;
+const PER_POSITION: bool = (FLAGS & FLAG_PER_POSITION) != 0u;
+const SMOOTHING: bool = (FLAGS & FLAG_SMOOTHING) != 0u;
+// The weighted sums: Σ w·(LSE − x) for a smoothed index loss, or Σ w·t'·(LSE − x) and
+// Σ w·t' for probability targets.
+const SUMS: bool = PROBS || (SMOOTHING && LOSS);
+
+var<workgroup> wg_a: array<f32, WG>;
+var<workgroup> wg_b: array<f32, WG>;
+var<workgroup> wg_c: array<u32, WG>;
+
+fn nan_f32() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+fn neg_inf_f32() -> f32 {
+    return bitcast<f32>(0xff800000u);
+}
+
+fn is_neg_inf(x: f32) -> bool {
+    return bitcast<u32>(x) == 0xff800000u;
+}
+
+fn poisons(x: f32) -> bool {
+    let b = bitcast<u32>(x);
+    return (b & 0x7fffffffu) >= 0x7f800000u && b != 0xff800000u;
+}
+
+fn smoothed(t: f32) -> f32 {
+    if (SMOOTHING) {
+        return (1.0 - params.eps) * t + params.eps / f32(params.classes);
+    }
+    return t;
+}
+
+// (max, Σ exp(x − max), poisoned): the mergeable state of a set of classes.
+struct Stats {
+    m: f32,
+    s: f32,
+    bad: u32,
+}
+
+// The union of two disjoint sets. Symmetric bit for bit (IEEE addition commutes), so both
+// lanes of a butterfly get the same result.
+fn merge(a: Stats, b: Stats) -> Stats {
+    let bad = a.bad | b.bad;
+    if (is_neg_inf(a.m)) {
+        return Stats(b.m, b.s, bad);
+    }
+    if (is_neg_inf(b.m)) {
+        return Stats(a.m, a.s, bad);
+    }
+    let m = max(a.m, b.m);
+    return Stats(m, a.s * exp(a.m - m) + b.s * exp(b.m - m), bad);
+}
+
+fn log_sum(st: Stats) -> f32 {
+    if (st.bad != 0u || is_neg_inf(st.m)) {
+        return nan_f32();
+    }
+    return log(st.s);
+}
+
+// The classes of one invocation in a block of `WG · VPT` classes starting at `first`, with the
+// block's own (max, Σ exp, poisoned); classes past the row hold −inf.
+struct Block {
+    v: array<f32, VPT>,
+    st: Stats,
+}
+
+fn load_block(base: u32, first: u32, lid: u32) -> Block {
+    var b: Block;
+    var m = neg_inf_f32();
+    var bad = 0u;
+    for (var k = 0u; k < VPT; k = k + 1u) {
+        let c = first + k * WG + lid;
+        var x = neg_inf_f32();
+        if (c < params.classes) {
+            x = logits[base + c];
+        }
+        if (poisons(x)) {
+            bad = 1u;
+            x = neg_inf_f32();
+        }
+        b.v[k] = x;
+        m = max(m, x);
+    }
+    var s = 0.0;
+    if (!is_neg_inf(m)) {
+        for (var k = 0u; k < VPT; k = k + 1u) {
+            if (!is_neg_inf(b.v[k])) {
+                s = s + exp(b.v[k] - m);
+            }
+        }
+    }
+    b.st = Stats(m, s, bad);
+    return b;
+}
+
+// This invocation's weighted sums over its classes of a block (see `SUMS`). Poisoned classes
+// were replaced by −inf in the block, which only matters when the LSE is already NaN.
+fn block_sums(b: Block, base: u32, first: u32, lid: u32, m: f32, ls: f32) -> vec2<f32> {
+    var acc = 0.0;
+    var mass = 0.0;
+    for (var k = 0u; k < VPT; k = k + 1u) {
+        let c = first + k * WG + lid;
+        if (c < params.classes) {
+            let gap = (m - b.v[k]) + ls;
+            let w = weights[c];
+            if (PROBS) {
+                let t = smoothed(bitcast<f32>(targets[base + c]));
+                acc = acc + w * t * gap;
+                mass = mass + w * t;
+            } else {
+                acc = acc + w * gap;
+            }
+        }
+    }
+    return vec2<f32>(acc, mass);
+}
+
+fn target_class(position: u32) -> u32 {
+    if (PROBS) {
+        return IGNORED;
+    }
+    return targets[position];
+}
+
+fn position_loss(base: u32, y: u32, m: f32, ls: f32, acc: f32) -> f32 {
+    if (PROBS) {
+        return acc;
+    }
+    if (y == IGNORED) {
+        return 0.0;
+    }
+    let gap_y = (m - logits[base + y]) + ls;
+    var loss = (1.0 - params.eps) * weights[y] * gap_y;
+    if (SMOOTHING) {
+        loss = loss + params.eps / f32(params.classes) * acc;
+    }
+    return loss;
+}
+
+// Writes the gradient of this invocation's classes of a block.
+fn block_grad(
+    b: Block,
+    position: u32,
+    base: u32,
+    first: u32,
+    lid: u32,
+    y: u32,
+    m: f32,
+    ls: f32,
+    mass: f32,
+) {
+    var scale = params.scale;
+    if (PER_POSITION) {
+        scale = grad_output[position];
+    }
+    var w_y = 0.0;
+    if (y != IGNORED) {
+        w_y = weights[y];
+    }
+    let eps_c = params.eps / f32(params.classes);
+    for (var k = 0u; k < VPT; k = k + 1u) {
+        let c = first + k * WG + lid;
+        if (c < params.classes) {
+            // A poisoned class holds −inf here; its row's `ls` is NaN, so every p is NaN anyway.
+            let x = b.v[k];
+            var g = 0.0;
+            if (PROBS) {
+                let p = exp((x - m) - ls);
+                g = scale * (p * mass - weights[c] * smoothed(bitcast<f32>(targets[base + c])));
+            } else if (y != IGNORED) {
+                let p = exp((x - m) - ls);
+                let onehot = select(0.0, 1.0, c == y);
+                var d = (1.0 - params.eps) * w_y * (p - onehot);
+                if (SMOOTHING) {
+                    d = d + eps_c * (params.total_weight * p - weights[c]);
+                }
+                g = scale * d;
+            }
+            grad[base + c] = g;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn fused_main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let position = wid.y * nwg.x + wid.x;
+    if (position >= params.positions) {
+        return;
+    }
+    let base = position * params.classes;
+    let b = load_block(base, 0u, lid);
+    let st = reduce_stats(b.st, lid, sg_size);
+    let m = st.m;
+    let ls = log_sum(st);
+    var sums = vec2<f32>(0.0, 0.0);
+    if (SUMS) {
+        sums = reduce_sums(block_sums(b, base, 0u, lid, m, ls), lid, sg_size);
+    }
+    let y = target_class(position);
+    if (LOSS && lid == 0u) {
+        row_loss[position] = position_loss(base, y, m, ls, sums.x);
+    }
+    if (GRAD) {
+        block_grad(b, position, base, 0u, lid, y, m, ls, sums.y);
+    }
+}
+
+// (row, segment) of a split-row workgroup; false for the grid's spare tail.
+fn split_at(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    let flat = wid.y * nwg.x + wid.x;
+    return vec2<u32>(flat / params.segments, flat % params.segments);
+}
+
+// The row's state: its segments' partials merged in segment order.
+fn row_state(position: u32) -> Stats {
+    let at = position * params.segments * 4u;
+    var st = Stats(partials[at], partials[at + 1u], u32(partials[at + 2u]));
+    for (var k = 1u; k < params.segments; k = k + 1u) {
+        let p = at + k * 4u;
+        st = merge(st, Stats(partials[p], partials[p + 1u], u32(partials[p + 2u])));
+    }
+    return st;
+}
+
+fn sums_at(position: u32, segment: u32) -> u32 {
+    return params.positions * params.segments * 4u + (position * params.segments + segment) * 2u;
+}
+
+@compute @workgroup_size(WG)
+fn split_stats(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let at = split_at(wid, nwg);
+    if (at.x >= params.positions) {
+        return;
+    }
+    let base = at.x * params.classes;
+    let b = load_block(base, at.y * WG * VPT, lid);
+    let st = reduce_stats(b.st, lid, sg_size);
+    if (lid == 0u) {
+        let p = (at.x * params.segments + at.y) * 4u;
+        partials[p] = st.m;
+        partials[p + 1u] = st.s;
+        partials[p + 2u] = f32(st.bad);
+        partials[p + 3u] = 0.0;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn split_sums(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_size) sg_size: u32,
+) {
+    let at = split_at(wid, nwg);
+    if (at.x >= params.positions) {
+        return;
+    }
+    let base = at.x * params.classes;
+    let first = at.y * WG * VPT;
+    let st = row_state(at.x);
+    let b = load_block(base, first, lid);
+    let sums = reduce_sums(block_sums(b, base, first, lid, st.m, log_sum(st)), lid, sg_size);
+    if (lid == 0u) {
+        let p = sums_at(at.x, at.y);
+        partials[p] = sums.x;
+        partials[p + 1u] = sums.y;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn split_finish(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let at = split_at(wid, nwg);
+    if (at.x >= params.positions) {
+        return;
+    }
+    let base = at.x * params.classes;
+    let first = at.y * WG * VPT;
+    let st = row_state(at.x);
+    let m = st.m;
+    let ls = log_sum(st);
+    var sums = vec2<f32>(0.0, 0.0);
+    if (SUMS) {
+        for (var k = 0u; k < params.segments; k = k + 1u) {
+            let p = sums_at(at.x, k);
+            sums = sums + vec2<f32>(partials[p], partials[p + 1u]);
+        }
+    }
+    let y = target_class(at.x);
+    if (LOSS && at.y == 0u && lid == 0u) {
+        row_loss[at.x] = position_loss(base, y, m, ls, sums.x);
+    }
+    if (GRAD) {
+        let b = load_block(base, first, lid);
+        block_grad(b, at.x, base, first, lid, y, m, ls, sums.y);
+    }
+}
