@@ -44,4 +44,9 @@ pub trait ResidentProblem: Send {
     fn backward(&mut self, grad_output: &[f32]) -> Result<()>;
     /// Copies the last computed gradient into `grad`.
     fn read_grad(&mut self, grad: &mut [f32]) -> Result<()>;
+    /// The device time of the last call that read a result back, in nanoseconds, where the
+    /// device measures it (timestamps around its passes); `None` otherwise.
+    fn last_gpu_ns(&self) -> Option<f64> {
+        None
+    }
 }

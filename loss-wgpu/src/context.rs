@@ -1,7 +1,9 @@
 //! The device side that lives as long as the backend: adapter, device, queue, shader modules,
 //! pipelines and bind-group layouts, all built once.
 
+use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use loss_core::{LossError, Result};
@@ -32,7 +34,8 @@ pub(crate) struct RowParams {
     pub eps: f32,
     pub total_weight: f32,
     pub scale: f32,
-    pub pad: u32,
+    /// Segments per row of the split-row kernels (`fused.wgsl`); unused elsewhere.
+    pub segments: u32,
 }
 
 /// Bits of [`RowParams::flags`] (`FLAG_*` in `row.wgsl`).
@@ -96,11 +99,31 @@ pub struct WgpuOptions {
     /// Larger dispatches use a 2-D grid; a small cap lets tests exercise it on small data.
     /// `None` uses the device's limit.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Contiguous rows of more than `serial_max_classes` and at most this many classes run the
+    /// single-pass kernel (`fused_main`: the row held in registers, the logits read once);
+    /// longer rows are split into segments across workgroups. Rounded up to a power of two
+    /// times the workgroup size. `0` sends every such row to the split kernels.
+    pub fused_max_classes: usize,
+    /// Classes per segment of a split row (rounded up to a multiple of the workgroup size);
+    /// tests make it small to split short rows.
+    pub split_segment_classes: usize,
+    /// Use subgroup operations in the workgroup merges when the adapter has them (`false`:
+    /// shared-memory trees everywhere, which tests use to cover both).
+    pub subgroups: bool,
 }
 
 /// Default of [`WgpuOptions::serial_max_classes`]: below this many classes a 256-wide
 /// workgroup per row would leave most of its invocations idle.
 pub const DEFAULT_SERIAL_MAX_CLASSES: usize = 64;
+
+/// Default of [`WgpuOptions::fused_max_classes`]: 64 values per invocation of a 256-wide
+/// workgroup. A row of 16K classes then takes 64 registers per invocation for its values, which
+/// still leaves a GPU's register file room for two workgroups per multiprocessor; longer rows
+/// are split, which also spreads a few rows over the whole device.
+pub const DEFAULT_FUSED_MAX_CLASSES: usize = 16 * 1024;
+
+/// Default of [`WgpuOptions::split_segment_classes`]: 16 values per invocation.
+pub const DEFAULT_SPLIT_SEGMENT_CLASSES: usize = 4 * 1024;
 
 impl Default for WgpuOptions {
     fn default() -> Self {
@@ -108,6 +131,29 @@ impl Default for WgpuOptions {
             max_binding_bytes: None,
             serial_max_classes: DEFAULT_SERIAL_MAX_CLASSES,
             max_workgroups_per_dimension: None,
+            fused_max_classes: DEFAULT_FUSED_MAX_CLASSES,
+            split_segment_classes: DEFAULT_SPLIT_SEGMENT_CLASSES,
+            subgroups: true,
+        }
+    }
+}
+
+/// The entry points of `fused.wgsl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum FusedEntry {
+    Main,
+    SplitStats,
+    SplitSums,
+    SplitFinish,
+}
+
+impl FusedEntry {
+    fn name(self) -> &'static str {
+        match self {
+            FusedEntry::Main => "fused_main",
+            FusedEntry::SplitStats => "split_stats",
+            FusedEntry::SplitSums => "split_sums",
+            FusedEntry::SplitFinish => "split_finish",
         }
     }
 }
@@ -128,6 +174,20 @@ pub(crate) struct WgpuContext {
     pub reduce_pipeline: wgpu::ComputePipeline,
     /// Largest storage binding (and buffer) this backend creates, in bytes: a multiple of 4.
     pub max_binding_bytes: u64,
+    /// See [`WgpuOptions::fused_max_classes`] (0, or a power of two times [`WORKGROUP`]).
+    pub fused_max_classes: usize,
+    /// Values per invocation of a split-row segment.
+    pub split_vpt: u32,
+    /// Whether `fused.wgsl` merges with subgroup operations.
+    pub subgroups: bool,
+    /// Whether the device writes timestamps (GPU time of each call).
+    pub timestamps: bool,
+    /// The optional features the device was opened with.
+    pub features: wgpu::Features,
+    /// `fused.wgsl` pipelines by (entry, values per invocation, flags), built on first use.
+    fused: Mutex<HashMap<(FusedEntry, u32, u32), Arc<wgpu::ComputePipeline>>>,
+    /// Queue submissions so far (the tests count them per call).
+    submits: AtomicU64,
     /// Errors the device reported outside any call's control (validation, out of memory),
     /// kept here so that the next call returns them instead of wgpu's default panic.
     errors: Arc<Mutex<Vec<String>>>,
@@ -255,9 +315,16 @@ impl WgpuContext {
         }
         let max_binding_bytes = max_binding / 4 * 4;
         limits.max_storage_buffer_binding_size = max_binding_bytes;
+        // Every optional feature the kernels can use, where the adapter has it: subgroups for
+        // the merges, timestamps for GPU time, f16 for half-precision logits.
+        let features = adapter.features()
+            & (wgpu::Features::SUBGROUP
+                | wgpu::Features::TIMESTAMP_QUERY
+                | wgpu::Features::SHADER_F16);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("loss-wgpu"),
+                required_features: features,
                 required_limits: limits,
                 ..Default::default()
             })
@@ -286,6 +353,7 @@ impl WgpuContext {
                 storage_entry(4, true),
                 storage_entry(5, false),
                 storage_entry(6, false),
+                storage_entry(7, false),
             ],
         });
         let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -313,7 +381,26 @@ impl WgpuContext {
             "reduce_sum",
             &reduce_layout,
         );
+        let fused_max_classes = if options.fused_max_classes == 0 {
+            0
+        } else {
+            options
+                .fused_max_classes
+                .div_ceil(WORKGROUP as usize)
+                .next_power_of_two()
+                * WORKGROUP as usize
+        };
         let context = WgpuContext {
+            fused_max_classes,
+            split_vpt: options
+                .split_segment_classes
+                .div_ceil(WORKGROUP as usize)
+                .max(1) as u32,
+            subgroups: options.subgroups && features.contains(wgpu::Features::SUBGROUP),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            features,
+            fused: Mutex::new(HashMap::new()),
+            submits: AtomicU64::new(0),
             adapter_info,
             device,
             queue,
@@ -350,4 +437,92 @@ impl WgpuContext {
             .map_err(|e| backend_error(format!("device poll failed: {e}")))?;
         self.check_errors()
     }
+
+    /// Submits one command buffer (counted, see [`WgpuContext::submits`]).
+    pub(crate) fn submit(&self, commands: wgpu::CommandBuffer) -> wgpu::SubmissionIndex {
+        self.submits.fetch_add(1, Ordering::Relaxed);
+        self.queue.submit([commands])
+    }
+
+    /// Blocks until the given submission has finished (not the whole queue).
+    pub(crate) fn wait_for(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| backend_error(format!("device poll failed: {e}")))?;
+        self.check_errors()
+    }
+
+    /// Queue submissions so far.
+    pub(crate) fn submits(&self) -> u64 {
+        self.submits.load(Ordering::Relaxed)
+    }
+
+    /// The `fused.wgsl` pipeline of an entry point for `vpt` values per invocation and the
+    /// `flags` of a call, compiled on first use and cached.
+    pub(crate) fn fused_pipeline(
+        &self,
+        entry: FusedEntry,
+        vpt: u32,
+        flags: u32,
+    ) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.fused.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = cache.get(&(entry, vpt, flags)) {
+            return Arc::clone(p);
+        }
+        let source = fused_source(vpt, flags, self.subgroups);
+        // SAFETY: the only runtime check left out is naga's loop bounding. Every loop of
+        // `fused.wgsl` ends: their counters run up to `VPT`, the subgroup size, the workgroup
+        // size or `params.segments` (a host-written count), by constant steps (or halving to
+        // 0). Bounds checks stay on.
+        let module = unsafe {
+            self.device.create_shader_module_trusted(
+                wgpu::ShaderModuleDescriptor {
+                    label: Some(entry.name()),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                },
+                wgpu::ShaderRuntimeChecks {
+                    force_loop_bounding: false,
+                    ..wgpu::ShaderRuntimeChecks::checked()
+                },
+            )
+        };
+        let p = Arc::new(pipeline(
+            &self.device,
+            entry.name(),
+            &module,
+            entry.name(),
+            &self.row_layout,
+        ));
+        cache.insert((entry, vpt, flags), Arc::clone(&p));
+        p
+    }
+}
+
+/// `fused.wgsl` for one variant: the shared constants, `VPT` and `FLAGS`, the shader, and the
+/// workgroup merges with or without subgroup operations.
+fn fused_source(vpt: u32, flags: u32, subgroups: bool) -> String {
+    let body = include_str!("shaders/fused.wgsl");
+    let (head, body, merges) = if subgroups {
+        (
+            // naga takes subgroup operations without `enable subgroups;` (it rejects the
+            // directive); the device feature is what allows them.
+            "",
+            body.to_string(),
+            include_str!("shaders/reduce_subgroup.wgsl"),
+        )
+    } else {
+        (
+            "",
+            body.replace("@builtin(subgroup_size) sg_size: u32,", "")
+                + "\nconst sg_size: u32 = 1u;\n",
+            include_str!("shaders/reduce_shared.wgsl"),
+        )
+    };
+    format!(
+        "{head}{}const VPT: u32 = {vpt}u;\nconst FLAGS: u32 = {flags}u;\n{body}\n{merges}",
+        prelude()
+    )
 }

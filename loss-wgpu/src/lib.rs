@@ -76,7 +76,10 @@ use std::sync::{Arc, Mutex};
 use loss_core::{LossBackend, Problem, Result};
 
 use context::WgpuContext;
-pub use context::{DEFAULT_SERIAL_MAX_CLASSES, WgpuOptions};
+pub use context::{
+    DEFAULT_FUSED_MAX_CLASSES, DEFAULT_SERIAL_MAX_CLASSES, DEFAULT_SPLIT_SEGMENT_CLASSES,
+    WgpuOptions,
+};
 pub use resident::DeviceProblem;
 use workspace::Workspace;
 
@@ -140,14 +143,18 @@ impl WgpuBackend {
     }
 
     /// The device's copy bandwidth in GB/s (bytes read plus bytes written per second): the best
-    /// of `passes` timed `copy_buffer_to_buffer` calls between two buffers of `bytes` bytes
-    /// (capped at the device's buffer-size limit), each waited for. This is what the harness
-    /// divides the resident throughput by, as it divides the CPU backends' throughput by the
-    /// host's measured bandwidth.
+    /// of `passes` runs of a `vec4` copy kernel (`shaders/copy.wgsl`) between two buffers of
+    /// `bytes` bytes (capped at one binding), timed by GPU timestamps around its pass where the
+    /// device has them (else by the wall clock around submit and wait, which includes the
+    /// submission's latency). This is what the harness divides the resident throughput by, as
+    /// it divides the CPU backends' throughput by the host's measured bandwidth.
     pub fn measure_copy_bandwidth(&self, bytes: u64, passes: usize) -> Result<f64> {
-        let device = &self.ctx.device;
-        let limit = device.limits().max_buffer_size;
-        let bytes = bytes.min(limit) / 4 * 4;
+        let ctx = &self.ctx;
+        let device = &ctx.device;
+        let bytes = bytes.min(ctx.max_binding_bytes) / 16 * 16;
+        if bytes == 0 {
+            return Err(context::backend_error("no room for a bandwidth probe"));
+        }
         let make = |usage| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bandwidth probe"),
@@ -156,16 +163,100 @@ impl WgpuBackend {
                 mapped_at_creation: false,
             })
         };
-        let src = make(wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST);
-        let dst = make(wgpu::BufferUsages::COPY_DST);
+        let src = make(wgpu::BufferUsages::STORAGE);
+        let dst = make(wgpu::BufferUsages::STORAGE);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("copy"),
+            source: wgpu::ShaderSource::Wgsl(include_str!("shaders/copy.wgsl").into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("copy"),
+            layout: None,
+            module: &module,
+            entry_point: Some("copy_main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("copy"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: src.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: dst.as_entire_binding(),
+                },
+            ],
+        });
+        let vectors = bytes / 16;
+        let groups = vectors.div_ceil(256).min(u64::from(ctx.max_grid)).min(8192) as u32;
+        let timer = ctx.timestamps.then(|| {
+            let q = device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("copy time"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let resolve = make(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+            let read = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("copy time"),
+                size: 16,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            (q, resolve, read)
+        });
         let copy = || -> Result<f64> {
             let mut encoder =
                 device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-            encoder.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("copy"),
+                    timestamp_writes: timer.as_ref().map(|(q, _, _)| {
+                        wgpu::ComputePassTimestampWrites {
+                            query_set: q,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        }
+                    }),
+                });
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(groups, 1, 1);
+            }
+            if let Some((q, resolve, read)) = &timer {
+                encoder.resolve_query_set(q, 0..2, resolve, 0);
+                encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
+            }
             let start = std::time::Instant::now();
-            self.ctx.queue.submit([encoder.finish()]);
-            self.ctx.wait()?;
-            Ok(start.elapsed().as_secs_f64())
+            let index = ctx.submit(encoder.finish());
+            ctx.wait_for(index)?;
+            let wall = start.elapsed().as_secs_f64();
+            let Some((_, _, read)) = &timer else {
+                return Ok(wall);
+            };
+            let slice = read.slice(..);
+            let (tx, rx) = std::sync::mpsc::channel();
+            slice.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            ctx.wait()?;
+            rx.recv()
+                .map_err(|_| context::backend_error("map callback dropped"))?
+                .map_err(|e| context::backend_error(format!("map failed: {e}")))?;
+            let ticks: [u64; 2] = {
+                let view = slice
+                    .get_mapped_range()
+                    .map_err(|e| context::backend_error(format!("mapped range: {e}")))?;
+                bytemuck::pod_read_unaligned(&view[..16])
+            };
+            read.unmap();
+            let gpu = ticks[1].saturating_sub(ticks[0]) as f64
+                * f64::from(ctx.queue.get_timestamp_period())
+                * 1e-9;
+            Ok(if gpu > 0.0 { gpu } else { wall })
         };
         copy()?; // first touch: the driver may allocate lazily
         let mut best = f64::INFINITY;
@@ -173,6 +264,23 @@ impl WgpuBackend {
             best = best.min(copy()?);
         }
         Ok(2.0 * bytes as f64 / best / 1e9)
+    }
+
+    /// The optional device features the backend opened (subgroups, timestamp queries, f16),
+    /// where the adapter has them.
+    pub fn features(&self) -> wgpu::Features {
+        self.ctx.features
+    }
+
+    /// Whether the kernels' merges use subgroup operations on this device.
+    pub fn uses_subgroups(&self) -> bool {
+        self.ctx.subgroups
+    }
+
+    /// Queue submissions this backend (and its resident problems) made so far: a resident
+    /// fused call makes one.
+    pub fn submissions(&self) -> u64 {
+        self.ctx.submits()
     }
 
     /// Copies a validated problem to the device, for repeated runs without host transfers of

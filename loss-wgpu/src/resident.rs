@@ -93,7 +93,7 @@ impl DeviceProblem {
     pub fn backward(&mut self, grad_output: &[f32]) -> Result<()> {
         Self::check_len("grad_output", self.loss_len(), grad_output.len())?;
         self.ws.run(&self.ctx, false, Some(grad_output))?;
-        self.ctx.wait()
+        self.ws.finish(&self.ctx)
     }
 
     /// Copies the gradient of the last [`DeviceProblem::backward`] or
@@ -107,6 +107,12 @@ impl DeviceProblem {
             ));
         }
         self.ws.read(&self.ctx, None, None, Some(grad))
+    }
+
+    /// The GPU time of the last call that read something back (timestamps around its passes),
+    /// in nanoseconds; `None` when the device has no timestamp queries.
+    pub fn last_gpu_ns(&self) -> Option<f64> {
+        self.ws.last_gpu_ns()
     }
 }
 
@@ -128,5 +134,8 @@ impl loss_core::ResidentProblem for DeviceProblem {
     }
     fn read_grad(&mut self, grad: &mut [f32]) -> Result<()> {
         DeviceProblem::read_grad(self, grad)
+    }
+    fn last_gpu_ns(&self) -> Option<f64> {
+        DeviceProblem::last_gpu_ns(self)
     }
 }

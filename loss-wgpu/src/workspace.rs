@@ -14,9 +14,65 @@ use loss_core::{Layout, LossError, Problem, Reduction, Result, TargetData};
 
 use crate::NAME;
 use crate::context::{
-    IGNORED, PARAM_STRIDE, REDUCE_BLOCK, ReduceParams, RowParams, WORKGROUP, WgpuContext,
-    backend_error, flags,
+    FusedEntry, IGNORED, PARAM_STRIDE, REDUCE_BLOCK, ReduceParams, RowParams, WORKGROUP,
+    WgpuContext, backend_error, flags,
 };
+
+/// With a strided class axis (`inner > 1`) at least this long, one position per invocation
+/// (`row_serial`) whatever `C`: neighbouring invocations then read neighbouring positions'
+/// classes, which lie next to each other, where a workgroup per position would read `4·inner`
+/// bytes apart.
+const STRIDED_SERIAL_INNER: usize = 32;
+
+/// The kernel a problem runs, chosen from its layout alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// `row_serial`: one position per invocation.
+    Serial,
+    /// `row_main`: one position per workgroup, classes strided over its invocations.
+    Row,
+    /// `fused_main`: one contiguous row per workgroup, held in registers (`vpt` values per
+    /// invocation).
+    Fused { vpt: u32 },
+    /// `split_*`: contiguous rows in `segments` segments of `vpt` values per invocation.
+    Split { vpt: u32, segments: u32 },
+}
+
+impl Kernel {
+    pub(crate) fn of(ctx: &WgpuContext, layout: Layout) -> Kernel {
+        let classes = layout.classes;
+        let wg = WORKGROUP as usize;
+        if layout.inner > 1 {
+            return if classes <= ctx.serial_max_classes || layout.inner >= STRIDED_SERIAL_INNER {
+                Kernel::Serial
+            } else {
+                Kernel::Row
+            };
+        }
+        if classes <= ctx.serial_max_classes {
+            Kernel::Serial
+        } else if classes <= ctx.fused_max_classes {
+            Kernel::Fused {
+                vpt: classes.div_ceil(wg).next_power_of_two() as u32,
+            }
+        } else {
+            let segment = ctx.split_vpt as usize * wg;
+            Kernel::Split {
+                vpt: ctx.split_vpt,
+                segments: classes.div_ceil(segment) as u32,
+            }
+        }
+    }
+
+    /// Floats of split-row partials per position: 4 per segment (max, Σ exp, poisoned, unused)
+    /// and 2 per segment (the weighted sums).
+    fn partials_per_position(self) -> usize {
+        match self {
+            Kernel::Split { segments, .. } => 6 * segments as usize,
+            _ => 0,
+        }
+    }
+}
 
 /// A buffer that is reallocated only when it must grow.
 struct GrowBuffer {
@@ -80,6 +136,8 @@ struct ChunkBuffers {
     grad_output: GrowBuffer,
     row_loss: GrowBuffer,
     grad: GrowBuffer,
+    /// The split-row kernels' per-segment partials.
+    split: GrowBuffer,
 }
 
 impl ChunkBuffers {
@@ -90,6 +148,7 @@ impl ChunkBuffers {
             grad_output: GrowBuffer::new(ctx, "grad_output", STORAGE_IN),
             row_loss: GrowBuffer::new(ctx, "row_loss", STORAGE_OUT),
             grad: GrowBuffer::new(ctx, "grad", STORAGE_OUT),
+            split: GrowBuffer::new(ctx, "split_partials", STORAGE_OUT),
         }
     }
 }
@@ -115,6 +174,7 @@ struct Loaded {
     /// The mean's denominator (`Σ valid w[y]`, or `P`), summed on the host in f64.
     denominator: f64,
     reduction: Reduction,
+    kernel: Kernel,
 }
 
 /// Device buffers for one problem at a time (see the module docs).
@@ -130,6 +190,15 @@ pub(crate) struct Workspace {
     stale_groups: bool,
     loaded: Option<Loaded>,
     grad_ready: bool,
+    /// The commands of the last [`Workspace::run`], submitted with the read-back that follows
+    /// (one submit per call).
+    pending: Option<wgpu::CommandEncoder>,
+    /// The row parameters last written, so that an unchanged call writes nothing.
+    last_params: Vec<u8>,
+    /// Begin and end timestamps of the passes, and where they are resolved to.
+    timestamps: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+    /// GPU time of the last call that read something back, when the device has timestamps.
+    last_gpu_ns: Option<f64>,
 }
 
 fn f32_bytes(values: &[f32]) -> &[u8] {
@@ -185,7 +254,30 @@ impl Workspace {
             stale_groups: true,
             loaded: None,
             grad_ready: false,
+            pending: None,
+            last_params: Vec::new(),
+            timestamps: ctx.timestamps.then(|| {
+                (
+                    ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("pass time"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: 2,
+                    }),
+                    create(
+                        ctx,
+                        "pass time",
+                        wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                        16,
+                    ),
+                )
+            }),
+            last_gpu_ns: None,
         }
+    }
+
+    /// GPU time of the last call that read a result back (timestamps around its passes).
+    pub(crate) fn last_gpu_ns(&self) -> Option<f64> {
+        self.last_gpu_ns
     }
 
     fn loaded(&self) -> Result<&Loaded> {
@@ -252,6 +344,7 @@ impl Workspace {
         self.grad_ready = false;
         let layout = problem.layout();
         let spans = Self::spans(ctx, layout)?;
+        let kernel = Kernel::of(ctx, layout);
         let limit = ctx.max_binding_bytes;
         let classes = layout.classes;
 
@@ -275,6 +368,13 @@ impl Workspace {
             let positions = bytes_of(span.positions);
             stale |= chunk.logits.ensure(ctx, elems, limit);
             stale |= chunk.row_loss.ensure(ctx, positions, limit);
+            let split = bytes_of(span.positions * kernel.partials_per_position());
+            if split > limit {
+                return Err(backend_error(format!(
+                    "{split} bytes of split-row partials exceed one binding"
+                )));
+            }
+            stale |= chunk.split.ensure(ctx, split, limit);
             let logits = &problem.logits()[span.first_elem..span.first_elem + span.elems];
             ctx.queue
                 .write_buffer(&chunk.logits.buffer, 0, f32_bytes(logits));
@@ -332,7 +432,9 @@ impl Workspace {
             total_weight: scalars.total_weight as f32,
             denominator,
             reduction: problem.reduction(),
+            kernel,
         });
+        self.last_params.clear();
         ctx.check_errors()
     }
 
@@ -352,6 +454,7 @@ impl Workspace {
                         entry(4, whole(&c.grad_output)),
                         entry(5, whole(&c.row_loss)),
                         entry(6, whole(&c.grad)),
+                        entry(7, whole(&c.split)),
                     ],
                 })
             })
@@ -429,6 +532,10 @@ impl Workspace {
             self.grad_ready |= want_grad;
             return Ok(None);
         }
+        let segments = match loaded.kernel {
+            Kernel::Split { segments, .. } => segments,
+            _ => 0,
+        };
         let mut row_params = vec![0u8; PARAM_STRIDE as usize * loaded.spans.len()];
         for (i, span) in loaded.spans.iter().enumerate() {
             let p = RowParams {
@@ -439,7 +546,7 @@ impl Workspace {
                 eps: loaded.eps,
                 total_weight: loaded.total_weight,
                 scale,
-                pad: 0,
+                segments,
             };
             let at = i * PARAM_STRIDE as usize;
             row_params[at..at + size_of::<RowParams>()].copy_from_slice(bytemuck::bytes_of(&p));
@@ -449,8 +556,12 @@ impl Workspace {
                     .write_buffer(&self.chunks[i].grad_output.buffer, 0, f32_bytes(g));
             }
         }
-        ctx.queue
-            .write_buffer(&self.row_params.buffer, 0, &row_params);
+        // A call like the last one (the same problem, options and scale) writes no parameters.
+        if row_params != self.last_params {
+            ctx.queue
+                .write_buffer(&self.row_params.buffer, 0, &row_params);
+            self.last_params = row_params;
+        }
 
         // The reduction plan: stage k reads `src` group, n values, writes partials.
         let reduce_sum = want_loss && loaded.reduction != Reduction::None;
@@ -496,34 +607,94 @@ impl Workspace {
                 .write_buffer(&self.reduce_params.buffer, 0, &bytes);
         }
 
+        // The row kernels' pipelines, in dispatch order, with the workgroups each needs per
+        // position.
+        let stages: Vec<(std::sync::Arc<wgpu::ComputePipeline>, u32)> = match loaded.kernel {
+            Kernel::Fused { vpt } => {
+                vec![(ctx.fused_pipeline(FusedEntry::Main, vpt, flag_bits), 1)]
+            }
+            Kernel::Split { vpt, segments } => {
+                let needs_sums = loaded.probs || (loaded.eps > 0.0 && want_loss);
+                let mut v = vec![(
+                    ctx.fused_pipeline(FusedEntry::SplitStats, vpt, flag_bits),
+                    segments,
+                )];
+                if needs_sums {
+                    v.push((
+                        ctx.fused_pipeline(FusedEntry::SplitSums, vpt, flag_bits),
+                        segments,
+                    ));
+                }
+                v.push((
+                    ctx.fused_pipeline(FusedEntry::SplitFinish, vpt, flag_bits),
+                    segments,
+                ));
+                v
+            }
+            Kernel::Serial | Kernel::Row => Vec::new(),
+        };
         let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("loss"),
             });
         {
+            // One pass: wgpu orders dispatches that write and then read a storage buffer.
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("loss"),
-                timestamp_writes: None,
+                timestamp_writes: self.timestamps.as_ref().map(|(q, _)| {
+                    wgpu::ComputePassTimestampWrites {
+                        query_set: q,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    }
+                }),
             });
-            let serial = loaded.layout.classes <= ctx.serial_max_classes;
-            pass.set_pipeline(if serial {
-                &ctx.serial_pipeline
-            } else {
-                &ctx.row_pipeline
-            });
-            for (i, span) in loaded.spans.iter().enumerate() {
-                let positions = span.positions as u32;
-                let (x, y) = grid(
-                    if serial {
-                        positions.div_ceil(WORKGROUP)
+            match loaded.kernel {
+                Kernel::Serial | Kernel::Row => {
+                    let serial = loaded.kernel == Kernel::Serial;
+                    pass.set_pipeline(if serial {
+                        &ctx.serial_pipeline
                     } else {
-                        positions
-                    },
-                    ctx.max_grid,
-                )?;
-                pass.set_bind_group(0, &self.row_groups[i], &[(i as u64 * PARAM_STRIDE) as u32]);
-                pass.dispatch_workgroups(x, y, 1);
+                        &ctx.row_pipeline
+                    });
+                    for (i, span) in loaded.spans.iter().enumerate() {
+                        let positions = span.positions as u32;
+                        let (x, y) = grid(
+                            if serial {
+                                positions.div_ceil(WORKGROUP)
+                            } else {
+                                positions
+                            },
+                            ctx.max_grid,
+                        )?;
+                        pass.set_bind_group(
+                            0,
+                            &self.row_groups[i],
+                            &[(i as u64 * PARAM_STRIDE) as u32],
+                        );
+                        pass.dispatch_workgroups(x, y, 1);
+                    }
+                }
+                Kernel::Fused { .. } | Kernel::Split { .. } => {
+                    for (pipeline, per_position) in &stages {
+                        pass.set_pipeline(pipeline);
+                        for (i, span) in loaded.spans.iter().enumerate() {
+                            let groups =
+                                u32::try_from(span.positions as u64 * u64::from(*per_position))
+                                    .map_err(|_| {
+                                        backend_error("too many workgroups in one dispatch")
+                                    })?;
+                            let (x, y) = grid(groups, ctx.max_grid)?;
+                            pass.set_bind_group(
+                                0,
+                                &self.row_groups[i],
+                                &[(i as u64 * PARAM_STRIDE) as u32],
+                            );
+                            pass.dispatch_workgroups(x, y, 1);
+                        }
+                    }
+                }
             }
             if !plan.is_empty() {
                 pass.set_pipeline(&ctx.reduce_pipeline);
@@ -538,10 +709,22 @@ impl Workspace {
                 }
             }
         }
-        ctx.queue.submit([encoder.finish()]);
+        if let Some((q, resolve)) = &self.timestamps {
+            encoder.resolve_query_set(q, 0..2, resolve, 0);
+        }
+        self.pending = Some(encoder);
         self.grad_ready |= want_grad;
         ctx.check_errors()?;
         Ok(result)
+    }
+
+    /// Submits what [`Workspace::run`] recorded and waits for it, reading nothing back.
+    pub(crate) fn finish(&mut self, ctx: &WgpuContext) -> Result<()> {
+        if let Some(encoder) = self.pending.take() {
+            let index = ctx.submit(encoder.finish());
+            ctx.wait_for(index)?;
+        }
+        Ok(())
     }
 
     /// Reads back what [`Workspace::run`] computed, in one round trip where the staging buffer
@@ -559,8 +742,13 @@ impl Workspace {
             chunks,
             partials,
             staging,
+            pending,
+            timestamps,
+            last_gpu_ns,
             ..
         } = self;
+        let recorded = pending.take();
+        let timed = recorded.is_some() && timestamps.is_some();
         let mut items: Vec<(&wgpu::Buffer, &mut [f32])> = Vec::new();
         let mut total = [0.0f32];
         let mut reduced = None;
@@ -590,8 +778,19 @@ impl Workspace {
                 rest = tail;
             }
         }
-        read_back(ctx, staging, &mut items)?;
+        // The two timestamps (u64 each), read with the results.
+        let mut ticks = [0.0f32; 4];
+        if let (true, Some((_, resolve))) = (timed, timestamps.as_ref()) {
+            items.insert(0, (resolve, &mut ticks[..]));
+        }
+        read_back(ctx, staging, &mut items, recorded)?;
         drop(items);
+        if timed {
+            let t: [u64; 2] = bytemuck::cast(ticks);
+            *last_gpu_ns = Some(
+                t[1].saturating_sub(t[0]) as f64 * f64::from(ctx.queue.get_timestamp_period()),
+            );
+        }
         if let Some(loss) = reduced {
             // 0/0 = NaN for a mean over D = 0, as the specification asks.
             loss[0] =
@@ -602,14 +801,21 @@ impl Workspace {
 }
 
 /// Copies the leading values of each buffer into its slice, through `staging`, in as few
-/// round trips as the staging capacity (at most one binding) allows.
+/// round trips as the staging capacity (at most one binding) allows. `recorded` (the commands
+/// that compute the values) goes first in the first round trip's submission: one submit for a
+/// call whose results fit the staging buffer.
 fn read_back(
     ctx: &WgpuContext,
     staging: &mut GrowBuffer,
     items: &mut [(&wgpu::Buffer, &mut [f32])],
+    mut recorded: Option<wgpu::CommandEncoder>,
 ) -> Result<()> {
     let total: usize = items.iter().map(|(_, out)| out.len()).sum();
     if total == 0 {
+        if let Some(encoder) = recorded {
+            let index = ctx.submit(encoder.finish());
+            ctx.wait_for(index)?;
+        }
         return Ok(());
     }
     let largest = items.iter().map(|(_, out)| out.len()).max().unwrap_or(0);
@@ -622,11 +828,12 @@ fn read_back(
     while next < items.len() {
         let first = next;
         let mut used = 0u64;
-        let mut encoder = ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("read"),
-            });
+        let mut encoder = recorded.take().unwrap_or_else(|| {
+            ctx.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("read"),
+                })
+        });
         while next < items.len() {
             let bytes = bytes_of(items[next].1.len());
             if used + bytes > capacity {
@@ -638,8 +845,9 @@ fn read_back(
             used += bytes;
             next += 1;
         }
-        ctx.queue.submit([encoder.finish()]);
+        let index = ctx.submit(encoder.finish());
         if used == 0 {
+            ctx.wait_for(index)?;
             continue;
         }
         let slice = staging.buffer.slice(..used);
@@ -647,7 +855,7 @@ fn read_back(
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        ctx.wait()?;
+        ctx.wait_for(index)?;
         rx.recv()
             .map_err(|_| backend_error("map callback dropped"))?
             .map_err(|e| backend_error(format!("map failed: {e}")))?;

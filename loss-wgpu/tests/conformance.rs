@@ -1,6 +1,9 @@
-//! The PyTorch conformance vectors, run on the wgpu backend.
+//! The PyTorch conformance vectors, run on the wgpu backend: the default kernel choice, and
+//! every kernel variant (single pass with and without subgroups, split rows with and without).
 
 mod common;
+
+use common::Variant;
 
 #[test]
 fn pytorch_vectors() {
@@ -8,9 +11,28 @@ fn pytorch_vectors() {
     loss_core::conformance::assert_conformance(backend);
 }
 
-#[test]
-fn pytorch_vectors_on_the_workgroup_kernel() {
-    if let Some(backend) = common::workgroup_backend() {
+fn on(v: Variant) {
+    if let Some(backend) = common::variant(v) {
         loss_core::conformance::assert_conformance(backend);
     }
+}
+
+#[test]
+fn pytorch_vectors_on_the_workgroup_kernels() {
+    on(Variant::Workgroup);
+}
+
+#[test]
+fn pytorch_vectors_without_subgroups() {
+    on(Variant::Shared);
+}
+
+#[test]
+fn pytorch_vectors_on_split_rows() {
+    on(Variant::Split);
+}
+
+#[test]
+fn pytorch_vectors_on_split_rows_without_subgroups() {
+    on(Variant::SplitShared);
 }

@@ -175,35 +175,35 @@ fn repeated_runs_give_the_same_bits_on(backend: &WgpuBackend) {
 
 #[test]
 fn huge_logits_are_stable() {
-    for backend in common::both() {
+    for backend in common::all() {
         huge_logits_are_stable_on(backend);
     }
 }
 
 #[test]
 fn non_finite_logits_propagate_like_the_reference() {
-    for backend in common::both() {
+    for backend in common::all() {
         non_finite_logits_propagate_like_the_reference_on(backend);
     }
 }
 
 #[test]
 fn empty_and_fully_ignored_batches() {
-    for backend in common::both() {
+    for backend in common::all() {
         empty_and_fully_ignored_batches_on(backend);
     }
 }
 
 #[test]
 fn unbatched_input() {
-    for backend in common::both() {
+    for backend in common::all() {
         unbatched_input_on(backend);
     }
 }
 
 #[test]
 fn repeated_runs_give_the_same_bits() {
-    for backend in common::both() {
+    for backend in common::all() {
         repeated_runs_give_the_same_bits_on(backend);
     }
 }

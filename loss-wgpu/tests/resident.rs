@@ -175,3 +175,55 @@ fn reports_its_adapter() {
     assert!(format!("{backend:?}").contains(&info.name));
     assert!(backend.max_binding_bytes() >= 1 << 20);
 }
+
+/// A resident call is one queue submission (dispatches, loss reduction and the loss's copy to
+/// the staging buffer in one command buffer), on every kernel variant, and an end-to-end fused
+/// call whose results fit the staging buffer is one too.
+#[test]
+fn one_submit_per_call() {
+    if common::backend().is_none() {
+        return;
+    }
+    // Backends of this test's own: other tests submit on the shared ones meanwhile.
+    let options = std::iter::once(loss_wgpu::WgpuOptions::default())
+        .chain(common::Variant::ALL.iter().map(|v| v.options()));
+    for options in options {
+        let backend = &loss_wgpu::WgpuBackend::with_options(&options).unwrap();
+        let mut rng = Rng::new(5);
+        for (n, c) in [(8usize, 40usize), (4, 700), (2, 3000)] {
+            let logits = rng.logits(n * c, 4.0);
+            let target: Vec<i64> = (0..n).map(|i| (i * 7 % c) as i64).collect();
+            let (shape, target_shape) = ([n, c], [n]);
+            let problem = Problem::new(
+                &logits,
+                &shape,
+                Target::Indices {
+                    data: &target,
+                    shape: &target_shape,
+                },
+                LossOptions::new().label_smoothing(0.1),
+            )
+            .unwrap();
+            let mut resident = backend.upload(&problem).unwrap();
+            for _ in 0..3 {
+                let before = backend.submissions();
+                let loss = resident.forward_backward(&[1.0]).unwrap();
+                assert_eq!(
+                    backend.submissions() - before,
+                    1,
+                    "fused {n}x{c} on {backend:?}"
+                );
+                assert!(loss[0].is_finite());
+                let before = backend.submissions();
+                resident.forward().unwrap();
+                assert_eq!(backend.submissions() - before, 1, "forward {n}x{c}");
+                let before = backend.submissions();
+                resident.backward(&[1.0]).unwrap();
+                assert_eq!(backend.submissions() - before, 1, "backward {n}x{c}");
+            }
+            let before = backend.submissions();
+            backend.forward_backward(&problem, &[1.0]).unwrap();
+            assert_eq!(backend.submissions() - before, 1, "end to end {n}x{c}");
+        }
+    }
+}

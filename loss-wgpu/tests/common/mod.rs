@@ -41,25 +41,74 @@ macro_rules! backend_or_skip {
     };
 }
 
-/// A second backend that sends every row to the workgroup-per-position kernel
-/// (`serial_max_classes = 0`), so that kernel is covered on small shapes too.
+/// A second backend that sends every row to a workgroup kernel (`serial_max_classes = 0`):
+/// contiguous rows to the single-pass kernel, strided ones to `row_main`, so those kernels are
+/// covered on small shapes too.
 pub fn workgroup_backend() -> Option<&'static WgpuBackend> {
-    static BACKEND: OnceLock<Option<WgpuBackend>> = OnceLock::new();
-    backend()?;
-    BACKEND
-        .get_or_init(|| {
-            let options = WgpuOptions {
-                serial_max_classes: 0,
-                ..WgpuOptions::default()
-            };
-            Some(WgpuBackend::with_options(&options).expect("a second device on the adapter"))
-        })
-        .as_ref()
+    variant(Variant::Workgroup)
 }
 
-/// Both backends (default kernel choice, workgroup kernel only); empty without an adapter.
-pub fn both() -> Vec<&'static WgpuBackend> {
-    backend().into_iter().chain(workgroup_backend()).collect()
+/// The kernel variants the tests cover, each on a backend of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Every row on a workgroup kernel (see [`workgroup_backend`]).
+    Workgroup,
+    /// The same without subgroup operations: shared-memory trees.
+    Shared,
+    /// Every contiguous row split into segments of 256 classes (the split-row kernels).
+    Split,
+    /// The split-row kernels without subgroup operations.
+    SplitShared,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 4] = [
+        Variant::Workgroup,
+        Variant::Shared,
+        Variant::Split,
+        Variant::SplitShared,
+    ];
+
+    pub fn options(self) -> WgpuOptions {
+        let split = matches!(self, Variant::Split | Variant::SplitShared);
+        WgpuOptions {
+            serial_max_classes: 0,
+            fused_max_classes: if split {
+                0
+            } else {
+                loss_wgpu::DEFAULT_FUSED_MAX_CLASSES
+            },
+            split_segment_classes: 256,
+            subgroups: matches!(self, Variant::Workgroup | Variant::Split),
+            ..WgpuOptions::default()
+        }
+    }
+}
+
+/// The backend of one [`Variant`], opened once per test binary; `None` without an adapter.
+pub fn variant(v: Variant) -> Option<&'static WgpuBackend> {
+    static BACKENDS: [OnceLock<WgpuBackend>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    backend()?;
+    let i = Variant::ALL
+        .iter()
+        .position(|&x| x == v)
+        .expect("a listed variant");
+    Some(BACKENDS[i].get_or_init(|| {
+        WgpuBackend::with_options(&v.options()).expect("another device on the adapter")
+    }))
+}
+
+/// The default backend and every [`Variant`]'s; empty without an adapter.
+pub fn all() -> Vec<&'static WgpuBackend> {
+    backend()
+        .into_iter()
+        .chain(Variant::ALL.iter().filter_map(|&v| variant(v)))
+        .collect()
 }
 
 /// Checks loss and gradient of `backend` against the f64 reference, with upstream gradient
