@@ -370,6 +370,8 @@ mod tests {
             bytes_per_second: 0.0,
             bandwidth_gbps: 1.0,
             bandwidth_fraction: 0.5,
+            gpu_median_ns: None,
+            gpu_bandwidth_fraction: None,
             in_cache: false,
             over_ceiling: false,
             max_rel_error: 0.0,

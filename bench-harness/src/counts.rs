@@ -447,6 +447,8 @@ fn counted(
         bytes_per_second: 0.0,
         bandwidth_gbps: 0.0,
         bandwidth_fraction: 0.0,
+        gpu_median_ns: None,
+        gpu_bandwidth_fraction: None,
         in_cache: false,
         over_ceiling: false,
         max_rel_error,

@@ -46,6 +46,10 @@ enum Command {
     Recommend(RecommendArgs),
     /// Time this build against another loss-bench in one run, interleaved sample by sample.
     Ab(AbArgs),
+    /// The device backends and their adapters, one line each: `NAME<TAB>hardware|software<TAB>
+    /// description` (exit 1 when none can run). Scripts use it to refuse timing a software
+    /// adapter as if it were a GPU.
+    Devices,
     /// Serve `ab` requests on standard input (one side of an A/B run).
     #[command(hide = true)]
     Worker,
@@ -437,6 +441,30 @@ fn main() -> ExitCode {
         Some(Command::Compare(args)) => compare_cmd(args),
         Some(Command::Recommend(args)) => recommend_cmd(args),
         Some(Command::Ab(args)) => ab_cmd(args),
+        Some(Command::Devices) => {
+            let mut any = false;
+            for spec in backends::registry().into_iter().filter(|s| s.device) {
+                match (spec.build)(BackendConfig { threads: None }) {
+                    Ok(built) => {
+                        if let Some(d) = built.device {
+                            any = true;
+                            let kind = if d.timing_caveat().is_some() {
+                                "software"
+                            } else {
+                                "hardware"
+                            };
+                            println!("{}\t{kind}\t{}", spec.name, d.describe_device());
+                        }
+                    }
+                    Err(e) => eprintln!("{}: {e}", spec.name),
+                }
+            }
+            Ok(if any {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Some(Command::Worker) => {
             let stdin = std::io::stdin();
             worker::serve(stdin.lock(), std::io::stdout().lock()).map(|()| ExitCode::SUCCESS)

@@ -265,6 +265,8 @@ impl PythonPeers {
             bytes_per_second: bps,
             bandwidth_gbps: bw,
             bandwidth_fraction: bps / (bw * 1e9),
+            gpu_median_ns: None,
+            gpu_bandwidth_fraction: None,
             in_cache,
             over_ceiling: !in_cache && bps > bw * 1e9,
             max_rel_error,

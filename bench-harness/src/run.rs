@@ -65,6 +65,12 @@ fn result(a: &Accumulated, instance: &Instance, bandwidth_gbps: f64) -> CellResu
         .map(|r| r.calibration_ns.map(|c| c / r.median_ns))
         .collect::<Option<Vec<f64>>>()
         .map(|v| timing::median(&v));
+    let device: Vec<f64> = a
+        .rounds
+        .iter()
+        .flat_map(|r| r.device.iter().copied())
+        .collect();
+    let gpu_median_ns = (!device.is_empty()).then(|| timing::median(&device));
     let note = match (&instance.built.device, a.variant) {
         (Some(d), Variant::Resident) => Some(format!("resident on {}", d.describe_device())),
         (Some(d), Variant::EndToEnd) => Some(format!("end to end on {}", d.describe_device())),
@@ -94,6 +100,10 @@ fn result(a: &Accumulated, instance: &Instance, bandwidth_gbps: f64) -> CellResu
         bytes_per_second: bps,
         bandwidth_gbps,
         bandwidth_fraction: fraction,
+        gpu_median_ns,
+        gpu_bandwidth_fraction: gpu_median_ns.map(|g| {
+            elements as f64 * a.op.bytes_per_element() / (g * 1e-9) / (bandwidth_gbps * 1e9)
+        }),
         in_cache: a.in_cache,
         over_ceiling: !a.in_cache && fraction > 1.0,
         max_rel_error: a.check.max_rel_error,
@@ -216,6 +226,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
                                     digest: ready.digest,
                                 },
                                 Round {
+                                    device: Vec::new(),
                                     samples: r.samples,
                                     calibration: r.calibration,
                                     calls: r.calls,

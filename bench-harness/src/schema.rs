@@ -220,6 +220,13 @@ pub struct CellResult {
     pub elements: usize,
     /// Median wall time of one call, ns.
     pub median_ns: f64,
+    /// Median device time of one call, ns, where the device measures it (GPU timestamps
+    /// around the passes of a resident call; no submission or read-back latency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_median_ns: Option<f64>,
+    /// The bandwidth fraction by device time (`bandwidth_fraction` uses wall time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_bandwidth_fraction: Option<f64>,
     /// Fastest call, ns.
     pub min_ns: f64,
     /// (90th − 10th percentile) / median of the call times.

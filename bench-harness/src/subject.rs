@@ -72,6 +72,9 @@ impl Timed for ResidentSubject<'_> {
                 .forward_backward_into(self.upstream, &mut self.loss),
         }
     }
+    fn device_ns(&self) -> Option<f64> {
+        self.resident.last_gpu_ns()
+    }
 }
 
 impl Subject for ResidentSubject<'_> {
@@ -195,6 +198,7 @@ pub fn round_of(
     let calls = TimingBudget::calls_per_sample(one);
     if instance.built.device.is_some() {
         let mut round = Round {
+            device: Vec::new(),
             samples: Vec::new(),
             calibration: Vec::new(),
             calls: 0,
@@ -205,6 +209,7 @@ pub fn round_of(
             || (round.samples.len() < budget.max_samples && start.elapsed() < target)
         {
             round.samples.push(ready.sample(calls)?);
+            round.device.extend(ready.subject.device_ns());
             round.calls += calls;
         }
         Ok(round)

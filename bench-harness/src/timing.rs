@@ -79,6 +79,10 @@ impl TimingBudget {
 pub trait Timed {
     /// One call.
     fn call(&mut self, rep: usize) -> Result<(), LossError>;
+    /// The device time of the last call, where the device measures it (GPU timestamps).
+    fn device_ns(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Times `calls` consecutive calls, continuing the rotation at `*rep`; nanoseconds per call.
@@ -147,6 +151,9 @@ pub struct Round {
     pub samples: Vec<f64>,
     /// The calibration's samples, interleaved with them, ns per call.
     pub calibration: Vec<f64>,
+    /// The device's own time of the last call of each sample, ns (device backends with
+    /// timestamps; empty otherwise).
+    pub device: Vec<f64>,
     /// Calls timed.
     pub calls: usize,
 }
@@ -164,6 +171,7 @@ pub fn time_round(
     let mut round = Round {
         samples: Vec::new(),
         calibration: Vec::new(),
+        device: Vec::new(),
         calls: 0,
     };
     let mut calib_rep = 0;
@@ -175,6 +183,7 @@ pub fn time_round(
             .calibration
             .push(sample(calib, calls_per_sample, &mut calib_rep)?);
         round.samples.push(sample(subject, calls_per_sample, rep)?);
+        round.device.extend(subject.device_ns());
         round.calls += calls_per_sample;
     }
     Ok(round)

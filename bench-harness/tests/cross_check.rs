@@ -72,6 +72,8 @@ fn disagreeing_backend_is_flagged_and_never_fastest() {
         bytes_per_second: 0.0,
         bandwidth_gbps: 1.0,
         bandwidth_fraction: 0.0,
+        gpu_median_ns: None,
+        gpu_bandwidth_fraction: None,
         in_cache: true,
         over_ceiling: false,
         max_rel_error: 0.0,

@@ -15,17 +15,50 @@
 //!
 //! ## How it runs
 //!
-//! Per position: an online `(max, Σ exp)` pass over the classes, a second pass for the
-//! weighted terms when the options need one, then the loss and the gradient
-//! (`src/shaders/row.wgsl`). Rows of up to [`DEFAULT_SERIAL_MAX_CLASSES`] classes run one
-//! position per invocation; wider rows one position per workgroup, whose invocations split the
-//! classes and merge through fixed-shape trees. Sums over positions go through fixed-shape
+//! The kernel is chosen from the layout alone (`src/workspace.rs`, `Kernel::of`):
+//!
+//! - **Contiguous rows that fit on chip** (`inner = 1`, up to [`DEFAULT_FUSED_MAX_CLASSES`]
+//!   classes on a GPU, twice that on a software adapter): `fused_main` (`src/shaders/fused.wgsl`),
+//!   one workgroup per row. Each invocation loads its classes once, with neighbouring
+//!   invocations at neighbouring addresses, into a private array (registers). From there it
+//!   computes the row's max and Σ exp, the weighted sums the options need, the loss and the
+//!   gradient, so a fused call reads each logit once and writes each gradient value once (8 bytes
+//!   a logit).
+//! - **Longer rows** are cut into segments of [`DEFAULT_SPLIT_SEGMENT_CLASSES`] classes, one
+//!   workgroup per (row, segment). This also spreads a few rows over the whole device. It takes
+//!   two dispatches, three when the weighted sums are needed:
+//!   - each segment's `(max, Σ exp, poisoned)` partial;
+//!   - each segment's sums;
+//!   - the gradient, after every workgroup of the row has merged the row's partials in segment
+//!     order itself.
+//! - **Narrow rows** (up to [`DEFAULT_SERIAL_MAX_CLASSES`] classes) and **strided class axes**
+//!   (`inner ≥ 32`) run one position per invocation (`row_serial` in `src/shaders/row.wgsl`). With
+//!   a strided axis, neighbouring invocations then read neighbouring addresses.
+//! - **Short strided axes with many classes**: one workgroup per position (`row_main`).
+//!
+//! The flags of a call (targets, smoothing, loss, gradient, per-position scale) and the values
+//! per invocation are compile-time constants of the `fused.wgsl` pipelines: one pipeline per
+//! variant, built on first use and cached, with no run-time branch on them. Those modules are
+//! created without naga's loop bounding (every loop has a constant or host-given trip count);
+//! bounds checks stay.
+//!
+//! Workgroup merges use `subgroupShuffleXor` butterflies where the adapter has subgroups. The
+//! butterfly has a fixed pattern for the device's fixed subgroup size, so it is deterministic.
+//! Elsewhere, and by default on software adapters (which emulate subgroups, at half the
+//! speed), they use fixed-shape shared-memory trees. Sums over positions go through fixed-shape
 //! workgroup trees too (`src/shaders/reduce.wgsl`), so the same input gives the same bits on
-//! every run; nothing uses float atomics. Grids become 2-D past the device's workgroups per
-//! dimension (65,535), and inputs larger than one storage binding are split into several
-//! dispatches over ranges of batch items (an item itself must fit one binding, else
-//! [`LossError::Unsupported`](loss_core::LossError::Unsupported)). [`WgpuOptions`] can lower
-//! these limits, which is how the tests reach the split paths on small data.
+//! every run; nothing uses float atomics.
+//!
+//! A call is one queue submission. The dispatches, the loss reduction and the copies to the
+//! read-back buffer are recorded in one command buffer, and the host waits on that submission
+//! only. Parameters are rewritten only when they change. Where the device has timestamp
+//! queries, the passes are timed on the GPU ([`DeviceProblem::last_gpu_ns`]).
+//!
+//! Grids become 2-D past the device's workgroups per dimension (65,535). Inputs larger than one
+//! storage binding are split into several dispatches over ranges of batch items; an item itself
+//! must fit one binding, else
+//! [`LossError::Unsupported`](loss_core::LossError::Unsupported). [`WgpuOptions`] can lower these
+//! limits and force each kernel, which is how the tests reach every variant on small data.
 //!
 //! Index targets are uploaded as `u32` (WGSL has no 64-bit integers); `ignore_index` becomes
 //! a reserved value during that conversion, on the host.

@@ -109,15 +109,14 @@ fn log_sum(st: Stats) -> f32 {
     return log(st.s);
 }
 
-// The classes of one invocation in a block of `WG · VPT` classes starting at `first`, with the
-// block's own (max, Σ exp, poisoned); classes past the row hold −inf.
-struct Block {
-    v: array<f32, VPT>,
-    st: Stats,
-}
+// This invocation's classes of the current block (a private array: registers once the loops
+// over `VPT` are unrolled; never passed by value).
+var<private> vals: array<f32, VPT>;
 
-fn load_block(base: u32, first: u32, lid: u32) -> Block {
-    var b: Block;
+// Loads this invocation's classes of the block of `WG · VPT` classes starting at `first` into
+// `vals` (classes past the row, and poisoned ones, as −inf) and returns the block's own
+// (max, Σ exp, poisoned).
+fn load_block(base: u32, first: u32, lid: u32) -> Stats {
     var m = neg_inf_f32();
     var bad = 0u;
     for (var k = 0u; k < VPT; k = k + 1u) {
@@ -130,30 +129,29 @@ fn load_block(base: u32, first: u32, lid: u32) -> Block {
             bad = 1u;
             x = neg_inf_f32();
         }
-        b.v[k] = x;
+        vals[k] = x;
         m = max(m, x);
     }
     var s = 0.0;
     if (!is_neg_inf(m)) {
         for (var k = 0u; k < VPT; k = k + 1u) {
-            if (!is_neg_inf(b.v[k])) {
-                s = s + exp(b.v[k] - m);
+            if (!is_neg_inf(vals[k])) {
+                s = s + exp(vals[k] - m);
             }
         }
     }
-    b.st = Stats(m, s, bad);
-    return b;
+    return Stats(m, s, bad);
 }
 
 // This invocation's weighted sums over its classes of a block (see `SUMS`). Poisoned classes
 // were replaced by −inf in the block, which only matters when the LSE is already NaN.
-fn block_sums(b: Block, base: u32, first: u32, lid: u32, m: f32, ls: f32) -> vec2<f32> {
+fn block_sums(base: u32, first: u32, lid: u32, m: f32, ls: f32) -> vec2<f32> {
     var acc = 0.0;
     var mass = 0.0;
     for (var k = 0u; k < VPT; k = k + 1u) {
         let c = first + k * WG + lid;
         if (c < params.classes) {
-            let gap = (m - b.v[k]) + ls;
+            let gap = (m - vals[k]) + ls;
             let w = weights[c];
             if (PROBS) {
                 let t = smoothed(bitcast<f32>(targets[base + c]));
@@ -191,7 +189,6 @@ fn position_loss(base: u32, y: u32, m: f32, ls: f32, acc: f32) -> f32 {
 
 // Writes the gradient of this invocation's classes of a block.
 fn block_grad(
-    b: Block,
     position: u32,
     base: u32,
     first: u32,
@@ -214,7 +211,7 @@ fn block_grad(
         let c = first + k * WG + lid;
         if (c < params.classes) {
             // A poisoned class holds −inf here; its row's `ls` is NaN, so every p is NaN anyway.
-            let x = b.v[k];
+            let x = vals[k];
             var g = 0.0;
             if (PROBS) {
                 let p = exp((x - m) - ls);
@@ -245,20 +242,19 @@ fn fused_main(
         return;
     }
     let base = position * params.classes;
-    let b = load_block(base, 0u, lid);
-    let st = reduce_stats(b.st, lid, sg_size);
+    let st = reduce_stats(load_block(base, 0u, lid), lid, sg_size);
     let m = st.m;
     let ls = log_sum(st);
     var sums = vec2<f32>(0.0, 0.0);
     if (SUMS) {
-        sums = reduce_sums(block_sums(b, base, 0u, lid, m, ls), lid, sg_size);
+        sums = reduce_sums(block_sums(base, 0u, lid, m, ls), lid, sg_size);
     }
     let y = target_class(position);
     if (LOSS && lid == 0u) {
         row_loss[position] = position_loss(base, y, m, ls, sums.x);
     }
     if (GRAD) {
-        block_grad(b, position, base, 0u, lid, y, m, ls, sums.y);
+        block_grad(position, base, 0u, lid, y, m, ls, sums.y);
     }
 }
 
@@ -295,8 +291,7 @@ fn split_stats(
         return;
     }
     let base = at.x * params.classes;
-    let b = load_block(base, at.y * WG * VPT, lid);
-    let st = reduce_stats(b.st, lid, sg_size);
+    let st = reduce_stats(load_block(base, at.y * WG * VPT, lid), lid, sg_size);
     if (lid == 0u) {
         let p = (at.x * params.segments + at.y) * 4u;
         partials[p] = st.m;
@@ -320,8 +315,8 @@ fn split_sums(
     let base = at.x * params.classes;
     let first = at.y * WG * VPT;
     let st = row_state(at.x);
-    let b = load_block(base, first, lid);
-    let sums = reduce_sums(block_sums(b, base, first, lid, st.m, log_sum(st)), lid, sg_size);
+    load_block(base, first, lid);
+    let sums = reduce_sums(block_sums(base, first, lid, st.m, log_sum(st)), lid, sg_size);
     if (lid == 0u) {
         let p = sums_at(at.x, at.y);
         partials[p] = sums.x;
@@ -356,7 +351,7 @@ fn split_finish(
         row_loss[at.x] = position_loss(base, y, m, ls, sums.x);
     }
     if (GRAD) {
-        let b = load_block(base, first, lid);
-        block_grad(b, at.x, base, first, lid, y, m, ls, sums.y);
+        load_block(base, first, lid);
+        block_grad(at.x, base, first, lid, y, m, ls, sums.y);
     }
 }

@@ -73,13 +73,9 @@ impl Variant {
         let split = matches!(self, Variant::Split | Variant::SplitShared);
         WgpuOptions {
             serial_max_classes: 0,
-            fused_max_classes: if split {
-                0
-            } else {
-                loss_wgpu::DEFAULT_FUSED_MAX_CLASSES
-            },
+            fused_max_classes: split.then_some(0),
             split_segment_classes: 256,
-            subgroups: matches!(self, Variant::Workgroup | Variant::Split),
+            subgroups: Some(matches!(self, Variant::Workgroup | Variant::Split)),
             ..WgpuOptions::default()
         }
     }
