@@ -226,7 +226,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
                                     digest: ready.digest,
                                 },
                                 Round {
-                                    device: Vec::new(),
+                                    device: r.device,
                                     samples: r.samples,
                                     calibration: r.calibration,
                                     calls: r.calls,
@@ -247,7 +247,18 @@ pub fn run(opts: &RunOptions) -> RunReport {
                                     variant,
                                     op,
                                     spec,
-                                    in_cache: spec.in_cache(),
+                                    in_cache: match (&instance.built.device, variant) {
+                                        // Resident data lives in the device's memory: judged
+                                        // against its cache (logits, and the gradient).
+                                        (Some(d), Variant::Resident)
+                                            if d.cache_bytes().is_some() =>
+                                        {
+                                            let bytes = spec.bytes() as u64
+                                                * if op == Op::Forward { 1 } else { 2 };
+                                            d.cache_bytes().is_some_and(|c| bytes <= c)
+                                        }
+                                        _ => spec.in_cache(),
+                                    },
                                     check,
                                     reproduced: true,
                                     rounds: vec![r],

@@ -133,6 +133,9 @@ pub struct RoundReply {
     pub samples: Vec<f64>,
     /// The calibration's samples (empty for device backends), ns per call.
     pub calibration: Vec<f64>,
+    /// The device's own time of each sample's last call, ns (device backends with timestamps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device: Vec<f64>,
     /// Calls timed.
     pub calls: usize,
 }
@@ -383,6 +386,7 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), Error> {
                                     Ok(r) => Reply::Round(RoundReply {
                                         samples: r.samples,
                                         calibration: r.calibration,
+                                        device: r.device,
                                         calls: r.calls,
                                     }),
                                     Err(e) => Reply::Error(e.to_string()),

@@ -20,6 +20,13 @@ pub trait DeviceBackend: LossBackend {
         None
     }
 
+    /// The device's last-level cache in bytes, where it is known: a resident problem whose data
+    /// fits in it may run above the device's memory bandwidth. `None`: unknown (a software
+    /// device runs in the host's caches).
+    fn cache_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// The device's copy bandwidth in GB/s (bytes read plus bytes written per second), over
     /// buffers of about `bytes` bytes, best of `passes`: the ceiling its resident timings are
     /// divided by.

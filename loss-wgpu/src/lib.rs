@@ -405,6 +405,27 @@ impl loss_core::DeviceBackend for WgpuBackend {
     fn copy_bandwidth_gbps(&self, bytes: u64, passes: usize) -> Result<f64> {
         self.measure_copy_bandwidth(bytes, passes)
     }
+
+    fn cache_bytes(&self) -> Option<u64> {
+        // wgpu does not report a GPU's L2; these are the vendors' figures for the devices this
+        // project has been lent or is likely to be. Unknown devices: `None`.
+        const KNOWN: [(&str, u64); 6] = [
+            ("H200", 50 << 20),
+            ("H100", 50 << 20),
+            ("A100", 40 << 20),
+            ("L40", 96 << 20),
+            ("RTX 4090", 72 << 20),
+            ("MI300", 256 << 20),
+        ];
+        if self.is_software() {
+            return None;
+        }
+        let name = &self.ctx.adapter_info.name;
+        KNOWN
+            .iter()
+            .find(|(k, _)| name.contains(k))
+            .map(|&(_, bytes)| bytes)
+    }
 }
 
 // The trait requires Send + Sync; resident problems are meant to move between threads too.
