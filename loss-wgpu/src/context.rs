@@ -268,6 +268,9 @@ fn params_entry(size: usize) -> wgpu::BindGroupLayoutEntry {
     }
 }
 
+/// The helpers and per-element formulas both shaders share (`shaders/common.wgsl`).
+const COMMON: &str = include_str!("shaders/common.wgsl");
+
 /// Compiles a shader (the shared [`prelude`] first) once; its entry points become pipelines
 /// through [`pipeline`].
 fn module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::ShaderModule {
@@ -369,7 +372,11 @@ impl WgpuContext {
                 storage_entry(2, false),
             ],
         });
-        let row_module = module(&device, "row", include_str!("shaders/row.wgsl"));
+        let row_module = module(
+            &device,
+            "row",
+            &format!("{}{COMMON}", include_str!("shaders/row.wgsl")),
+        );
         let row_pipeline = pipeline(&device, "row", &row_module, "row_main", &row_layout);
         let serial_pipeline = pipeline(
             &device,
@@ -530,7 +537,7 @@ fn fused_source(vpt: u32, flags: u32, subgroups: bool) -> String {
         )
     };
     format!(
-        "{head}{}const VPT: u32 = {vpt}u;\nconst FLAGS: u32 = {flags}u;\n{body}\n{merges}",
+        "{head}{}const VPT: u32 = {vpt}u;\nconst FLAGS: u32 = {flags}u;\n{body}\n{merges}{COMMON}",
         prelude()
     )
 }

@@ -57,28 +57,8 @@ var<workgroup> wg_a: array<f32, WG>;
 var<workgroup> wg_b: array<f32, WG>;
 var<workgroup> wg_c: array<u32, WG>;
 
-fn nan_f32() -> f32 {
-    return bitcast<f32>(0x7fc00000u);
-}
-
-fn neg_inf_f32() -> f32 {
-    return bitcast<f32>(0xff800000u);
-}
-
-fn is_neg_inf(x: f32) -> bool {
-    return bitcast<u32>(x) == 0xff800000u;
-}
-
-fn poisons(x: f32) -> bool {
-    let b = bitcast<u32>(x);
-    return (b & 0x7fffffffu) >= 0x7f800000u && b != 0xff800000u;
-}
-
 fn smoothed(t: f32) -> f32 {
-    if (SMOOTHING) {
-        return (1.0 - params.eps) * t + params.eps / f32(params.classes);
-    }
-    return t;
+    return smoothed_target(t, SMOOTHING);
 }
 
 // (max, Σ exp(x − max), poisoned): the mergeable state of a set of classes.
@@ -180,11 +160,7 @@ fn position_loss(base: u32, y: u32, m: f32, ls: f32, acc: f32) -> f32 {
         return 0.0;
     }
     let gap_y = (m - logits[base + y]) + ls;
-    var loss = (1.0 - params.eps) * weights[y] * gap_y;
-    if (SMOOTHING) {
-        loss = loss + params.eps / f32(params.classes) * acc;
-    }
-    return loss;
+    return index_loss_of(weights[y], gap_y, acc, SMOOTHING);
 }
 
 // Writes the gradient of this invocation's classes of a block.
@@ -206,7 +182,6 @@ fn block_grad(
     if (y != IGNORED) {
         w_y = weights[y];
     }
-    let eps_c = params.eps / f32(params.classes);
     for (var k = 0u; k < VPT; k = k + 1u) {
         let c = first + k * WG + lid;
         if (c < params.classes) {
@@ -215,15 +190,10 @@ fn block_grad(
             var g = 0.0;
             if (PROBS) {
                 let p = exp((x - m) - ls);
-                g = scale * (p * mass - weights[c] * smoothed(bitcast<f32>(targets[base + c])));
+                g = prob_grad_of(scale, p, mass, weights[c], smoothed(bitcast<f32>(targets[base + c])));
             } else if (y != IGNORED) {
                 let p = exp((x - m) - ls);
-                let onehot = select(0.0, 1.0, c == y);
-                var d = (1.0 - params.eps) * w_y * (p - onehot);
-                if (SMOOTHING) {
-                    d = d + eps_c * (params.total_weight * p - weights[c]);
-                }
-                g = scale * d;
+                g = index_grad_of(scale, p, w_y, weights[c], c == y, SMOOTHING);
             }
             grad[base + c] = g;
         }

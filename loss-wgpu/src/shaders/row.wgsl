@@ -45,34 +45,12 @@ var<workgroup> wg_sum: array<f32, WG>;
 var<workgroup> wg_bad: array<u32, WG>;
 var<workgroup> wg_mass: array<f32, WG>;
 
-fn nan_f32() -> f32 {
-    return bitcast<f32>(0x7fc00000u);
-}
-
-fn neg_inf_f32() -> f32 {
-    return bitcast<f32>(0xff800000u);
-}
-
-fn is_neg_inf(x: f32) -> bool {
-    return bitcast<u32>(x) == 0xff800000u;
-}
-
-// NaN or +inf: either makes `x − max` NaN, so the position's LSE is NaN.
-fn poisons(x: f32) -> bool {
-    let b = bitcast<u32>(x);
-    return (b & 0x7fffffffu) >= 0x7f800000u && b != 0xff800000u;
-}
-
 fn has_flag(bit: u32) -> bool {
     return (params.flags & bit) != 0u;
 }
 
-// Smoothed probability target t' = (1 − ε)·t + ε/C (t itself when ε = 0).
 fn smoothed(t: f32) -> f32 {
-    if (has_flag(FLAG_SMOOTHING)) {
-        return (1.0 - params.eps) * t + params.eps / f32(params.classes);
-    }
-    return t;
+    return smoothed_target(t, has_flag(FLAG_SMOOTHING));
 }
 
 // Index of the first logit of a position (its classes follow at stride `inner`).
@@ -161,11 +139,7 @@ fn position_loss(base: u32, y: u32, m: f32, ls: f32, acc: f32) -> f32 {
         return 0.0;
     }
     let gap_y = (m - logits[base + y * params.inner]) + ls;
-    var loss = (1.0 - params.eps) * weights[y] * gap_y;
-    if (has_flag(FLAG_SMOOTHING)) {
-        loss = loss + params.eps / f32(params.classes) * acc;
-    }
-    return loss;
+    return index_loss_of(weights[y], gap_y, acc, has_flag(FLAG_SMOOTHING));
 }
 
 // Writes the gradient of classes start, start + stride, …
@@ -189,22 +163,16 @@ fn write_grad(
     if (y != IGNORED) {
         w_y = weights[y];
     }
-    let eps_c = params.eps / f32(params.classes);
     for (var c = start; c < params.classes; c += stride) {
         let i = base + c * params.inner;
         // An ignored position keeps an exact 0, whatever the scale (even inf or NaN).
         var g = 0.0;
         if (probs) {
             let p = exp((logits[i] - m) - ls);
-            g = scale * (p * mass - weights[c] * smoothed(bitcast<f32>(targets[i])));
+            g = prob_grad_of(scale, p, mass, weights[c], smoothed(bitcast<f32>(targets[i])));
         } else if (y != IGNORED) {
             let p = exp((logits[i] - m) - ls);
-            let onehot = select(0.0, 1.0, c == y);
-            var d = (1.0 - params.eps) * w_y * (p - onehot);
-            if (smoothing) {
-                d = d + eps_c * (params.total_weight * p - weights[c]);
-            }
-            g = scale * d;
+            g = index_grad_of(scale, p, w_y, weights[c], c == y, smoothing);
         }
         grad[i] = g;
     }
