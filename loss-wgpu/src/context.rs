@@ -12,6 +12,9 @@ use crate::NAME;
 
 /// Workgroup size of both shaders (`WG` in the WGSL files).
 pub(crate) const WORKGROUP: u32 = 256;
+/// Logits in the narrow-row kernel's workgroup tile (`NARROW_TILE` in `narrow.wgsl`): 16 KiB,
+/// WebGPU's default workgroup-storage limit.
+pub(crate) const NARROW_TILE: u32 = 4096;
 /// Values one invocation of the reduction adds (`PER_THREAD` in `reduce.wgsl`).
 const REDUCE_PER_THREAD: u32 = 8;
 /// Values one reduction workgroup adds (`WG * PER_THREAD` in `reduce.wgsl`).
@@ -58,6 +61,7 @@ fn prelude() -> String {
     format!(
         "const WG: u32 = {WORKGROUP}u;\n\
          const PER_THREAD: u32 = {REDUCE_PER_THREAD}u;\n\
+         const NARROW_TILE: u32 = {NARROW_TILE}u;\n\
          const IGNORED: u32 = {IGNORED}u;\n\
          const FLAG_PROBS: u32 = {}u;\n\
          const FLAG_LOSS: u32 = {}u;\n\
@@ -90,10 +94,10 @@ pub struct WgpuOptions {
     /// this are split into several dispatches over ranges of batch items; a small cap lets
     /// tests exercise that path on small data. `None` uses the adapter's limit.
     pub max_binding_bytes: Option<u64>,
-    /// Rows of at most this many classes run one position per invocation (`row_serial`);
-    /// wider rows run one position per workgroup (`row_main`), whose invocations split the
-    /// classes. `0` sends every row to the workgroup kernel (tests use it to cover that
-    /// kernel on small shapes).
+    /// Rows of at most this many classes (capped at 4096, one tile) run one position per
+    /// invocation: contiguous rows through a tile of whole rows per workgroup (`narrow_main`),
+    /// strided ones directly (`row_serial`). Wider rows run on the workgroup kernels. `0` sends
+    /// every row to the workgroup kernels (tests use it to cover them on small shapes).
     pub serial_max_classes: usize,
     /// Caps the workgroups per grid dimension below the device's limit (65,535 on most).
     /// Larger dispatches use a 2-D grid; a small cap lets tests exercise it on small data.
@@ -171,6 +175,8 @@ pub(crate) struct WgpuContext {
     pub row_layout: wgpu::BindGroupLayout,
     pub row_pipeline: wgpu::ComputePipeline,
     pub serial_pipeline: wgpu::ComputePipeline,
+    /// `narrow_main`: narrow contiguous rows, a tile per workgroup.
+    pub narrow_pipeline: wgpu::ComputePipeline,
     /// See [`WgpuOptions::serial_max_classes`].
     pub serial_max_classes: usize,
     /// Workgroups per grid dimension (see [`WgpuOptions::max_workgroups_per_dimension`]).
@@ -375,7 +381,27 @@ impl WgpuContext {
         let row_module = module(
             &device,
             "row",
-            &format!("{}{COMMON}", include_str!("shaders/row.wgsl")),
+            &format!(
+                "{}{}{COMMON}",
+                include_str!("shaders/row.wgsl"),
+                include_str!("shaders/row_access.wgsl")
+            ),
+        );
+        let narrow_module = module(
+            &device,
+            "narrow",
+            &format!(
+                "{}{}{COMMON}",
+                include_str!("shaders/row.wgsl"),
+                include_str!("shaders/narrow.wgsl")
+            ),
+        );
+        let narrow_pipeline = pipeline(
+            &device,
+            "narrow",
+            &narrow_module,
+            "narrow_main",
+            &row_layout,
         );
         let row_pipeline = pipeline(&device, "row", &row_module, "row_main", &row_layout);
         let serial_pipeline = pipeline(
@@ -422,7 +448,9 @@ impl WgpuContext {
             row_layout,
             row_pipeline,
             serial_pipeline,
-            serial_max_classes: options.serial_max_classes,
+            narrow_pipeline,
+            // A narrow tile must hold at least one row.
+            serial_max_classes: options.serial_max_classes.min(NARROW_TILE as usize),
             max_grid,
             reduce_layout,
             reduce_pipeline,

@@ -14,8 +14,8 @@ use loss_core::{Layout, LossError, Problem, Reduction, Result, TargetData};
 
 use crate::NAME;
 use crate::context::{
-    FusedEntry, IGNORED, PARAM_STRIDE, REDUCE_BLOCK, ReduceParams, RowParams, WORKGROUP,
-    WgpuContext, backend_error, flags,
+    FusedEntry, IGNORED, NARROW_TILE, PARAM_STRIDE, REDUCE_BLOCK, ReduceParams, RowParams,
+    WORKGROUP, WgpuContext, backend_error, flags,
 };
 
 /// With a strided class axis (`inner > 1`) at least this long, one position per invocation
@@ -24,11 +24,19 @@ use crate::context::{
 /// bytes apart.
 const STRIDED_SERIAL_INNER: usize = 32;
 
+/// Narrow contiguous rows of at least this many classes use the tile kernel (`narrow_main`);
+/// narrower ones `row_serial`, whose loads then touch few cache lines per subgroup anyway (a row
+/// of 3 classes is 12 bytes, so 32 neighbouring rows are 3 lines). Measured on lavapipe, the
+/// tile against `row_serial`: 65536×3 0.60–0.68×, 4096×10 0.78×, 1024×64 forward 1.53–1.57×.
+const NARROW_MIN_CLASSES: usize = 16;
+
 /// The kernel a problem runs, chosen from its layout alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
-    /// `row_serial`: one position per invocation.
+    /// `row_serial`: one position per invocation (strided class axes).
     Serial,
+    /// `narrow_main`: narrow contiguous rows, a tile of whole rows per workgroup.
+    Narrow,
     /// `row_main`: one position per workgroup, classes strided over its invocations.
     Row,
     /// `fused_main`: one contiguous row per workgroup, held in registers (`vpt` values per
@@ -50,7 +58,11 @@ impl Kernel {
             };
         }
         if classes <= ctx.serial_max_classes {
-            Kernel::Serial
+            if classes >= NARROW_MIN_CLASSES {
+                Kernel::Narrow
+            } else {
+                Kernel::Serial
+            }
         } else if classes <= ctx.fused_max_classes {
             Kernel::Fused {
                 vpt: classes.div_ceil(wg).next_power_of_two() as u32,
@@ -631,7 +643,7 @@ impl Workspace {
                 ));
                 v
             }
-            Kernel::Serial | Kernel::Row => Vec::new(),
+            Kernel::Serial | Kernel::Row | Kernel::Narrow => Vec::new(),
         };
         let mut encoder = ctx
             .device
@@ -651,20 +663,22 @@ impl Workspace {
                 }),
             });
             match loaded.kernel {
-                Kernel::Serial | Kernel::Row => {
-                    let serial = loaded.kernel == Kernel::Serial;
-                    pass.set_pipeline(if serial {
-                        &ctx.serial_pipeline
-                    } else {
-                        &ctx.row_pipeline
+                Kernel::Serial | Kernel::Row | Kernel::Narrow => {
+                    pass.set_pipeline(match loaded.kernel {
+                        Kernel::Serial => &ctx.serial_pipeline,
+                        Kernel::Narrow => &ctx.narrow_pipeline,
+                        _ => &ctx.row_pipeline,
                     });
+                    // Rows per narrow tile: `tile_rows` in `narrow.wgsl`.
+                    let tile_rows =
+                        WORKGROUP.min(NARROW_TILE / (loaded.layout.classes as u32).max(1));
                     for (i, span) in loaded.spans.iter().enumerate() {
                         let positions = span.positions as u32;
                         let (x, y) = grid(
-                            if serial {
-                                positions.div_ceil(WORKGROUP)
-                            } else {
-                                positions
+                            match loaded.kernel {
+                                Kernel::Serial => positions.div_ceil(WORKGROUP),
+                                Kernel::Narrow => positions.div_ceil(tile_rows),
+                                _ => positions,
                             },
                             ctx.max_grid,
                         )?;

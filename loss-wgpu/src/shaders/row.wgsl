@@ -16,6 +16,10 @@
 // built with `bitcast` (WGSL has no such literals) and recognised by their bits, because
 // comparisons with NaN and `max` of NaN are not portable.
 
+// Logits are read through `logit(i)` and the gradient written through `put_grad(i, g)`: the
+// host appends `row_access.wgsl` (the storage buffers themselves) or, for the narrow-row tile
+// kernel, `narrow.wgsl` (a workgroup tile loaded and stored coalesced).
+//
 // `WG`, the `FLAG_*` bits of `Params.flags` and `IGNORED` (the bits of an ignored index
 // target, which the host maps `ignore_index` to on upload) are not written here: the host
 // prepends them from its own constants (`context.rs`, `prelude`), the one source for both.
@@ -70,7 +74,7 @@ fn row_stats(base: u32, start: u32, stride: u32) -> Stats {
     // −inf adds exp(−inf) = 0 and is skipped (a row of only −inf is caught by the caller).
     var st = Stats(neg_inf_f32(), 0.0, 0u);
     for (var c = start; c < params.classes; c += stride) {
-        let x = logits[base + c * params.inner];
+        let x = logit(base + c * params.inner);
         if (poisons(x)) {
             st.bad = 1u;
         } else if (!is_neg_inf(x)) {
@@ -110,7 +114,7 @@ fn weighted_sums(base: u32, m: f32, ls: f32, start: u32, stride: u32) -> vec2<f3
     var mass = 0.0;
     for (var c = start; c < params.classes; c += stride) {
         let i = base + c * params.inner;
-        let gap = (m - logits[i]) + ls;
+        let gap = (m - logit(i)) + ls;
         let w = weights[c];
         if (probs) {
             let t = smoothed(bitcast<f32>(targets[i]));
@@ -138,7 +142,7 @@ fn position_loss(base: u32, y: u32, m: f32, ls: f32, acc: f32) -> f32 {
     if (y == IGNORED) {
         return 0.0;
     }
-    let gap_y = (m - logits[base + y * params.inner]) + ls;
+    let gap_y = (m - logit(base + y * params.inner)) + ls;
     return index_loss_of(weights[y], gap_y, acc, has_flag(FLAG_SMOOTHING));
 }
 
@@ -168,13 +172,13 @@ fn write_grad(
         // An ignored position keeps an exact 0, whatever the scale (even inf or NaN).
         var g = 0.0;
         if (probs) {
-            let p = exp((logits[i] - m) - ls);
+            let p = exp((logit(i) - m) - ls);
             g = prob_grad_of(scale, p, mass, weights[c], smoothed(bitcast<f32>(targets[i])));
         } else if (y != IGNORED) {
-            let p = exp((logits[i] - m) - ls);
+            let p = exp((logit(i) - m) - ls);
             g = index_grad_of(scale, p, w_y, weights[c], c == y, smoothing);
         }
-        grad[i] = g;
+        put_grad(i, g);
     }
 }
 
