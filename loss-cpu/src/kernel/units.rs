@@ -182,7 +182,6 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
         };
         let targets = &all_targets[positions];
         let smoothed = plan.smoothed();
-        let ninf = simd.splat_f32s(f32::NEG_INFINITY);
         let zero = simd.splat_f32s(0.0);
         let mut acc = [zero; G];
         let mut r0 = 0;
@@ -249,40 +248,26 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
             let (mut af, mut bf, mut fixf) = ([0.0f32; TILE], [0.0f32; TILE], [0.0f32; TILE]);
             for h in 0..G {
                 let at = h * lanes;
-                let (m, sum) = (load::<S>(&mf, at), load::<S>(&sf, at));
-                let wy = Lanes(simd, load::<S>(&wyf, at));
-                let ln = simd.select_f32s_m32s(
-                    simd.equal_f32s(m, ninf),
-                    simd.splat_f32s(f32::NAN),
-                    ln_sum(simd, sum),
-                );
-                let stats = RowStats {
-                    max: Lanes(simd, m),
-                    ln_sum: Lanes(simd, ln),
-                    x_target: Lanes(simd, load::<S>(&xyf, at)),
-                    weighted: Lanes(simd, load::<S>(&wxf, at)),
-                    mass: Lanes(simd, zero),
+                let rows = LaneRows {
+                    max: load::<S>(&mf, at),
+                    sum: load::<S>(&sf, at),
+                    x_target: load::<S>(&xyf, at),
+                    w_target: load::<S>(&wyf, at),
+                    weighted: load::<S>(&wxf, at),
+                    target: load::<S>(&yf, at),
                 };
-                let valid = simd.greater_than_or_equal_f32s(load::<S>(&yf, at), zero);
-                let loss = formula::index_loss(plan.scalars(), wy, &stats).1;
-                let loss = simd.select_f32s_m32s(valid, loss, zero);
-                acc[h] = simd.add_f32s(acc[h], loss);
-                S::as_mut_simd_f32s(&mut losses[at..at + lanes]).0[0] = loss;
-                if M::GRAD {
-                    let scale = Lanes(simd, load::<S>(&sv, at));
-                    let k = formula::index_coefficients(plan.scalars(), scale, wy);
-                    let lse = stats.lse().1;
-                    // p = e / sum; NaN for a row without LSE, as the reference.
-                    let factor = simd.select_f32s_m32s(
-                        simd.equal_f32s(lse, lse),
-                        simd.div_f32s(simd.splat_f32s(1.0), sum),
-                        simd.splat_f32s(f32::NAN),
-                    );
-                    S::as_mut_simd_f32s(&mut af[at..at + lanes]).0[0] =
-                        simd.mul_f32s(k.a.1, factor);
-                    S::as_mut_simd_f32s(&mut bf[at..at + lanes]).0[0] = k.b.1;
-                    S::as_mut_simd_f32s(&mut fixf[at..at + lanes]).0[0] = k.fix.1;
-                }
+                // (An `if`, not `bool::then`: a closure would lose the dispatch's target features.)
+                let scale = if M::GRAD {
+                    Some(load::<S>(&sv, at))
+                } else {
+                    None
+                };
+                let out = lane_epilogue(simd, plan, &rows, scale);
+                acc[h] = simd.add_f32s(acc[h], out.loss);
+                S::as_mut_simd_f32s(&mut losses[at..at + lanes]).0[0] = out.loss;
+                S::as_mut_simd_f32s(&mut af[at..at + lanes]).0[0] = out.a;
+                S::as_mut_simd_f32s(&mut bf[at..at + lanes]).0[0] = out.b;
+                S::as_mut_simd_f32s(&mut fixf[at..at + lanes]).0[0] = out.fix;
             }
             if M::GRAD {
                 let (src_all, dst_all) = self.mode.parts();
@@ -413,52 +398,38 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                     }
                 }
             }
-            // One `ln` for all the lanes; a row whose classes are all masked (max −∞) has no
-            // log-sum-exp. Then the loss, lane-wise, from loss-core's formula.
+            // One `ln` for all the lanes, the loss and the coefficients (`lane_epilogue`).
             let mut losses = [0.0f32; TILE];
-            let mut stats = [RowStats {
-                max: Lanes(simd, zero),
-                ln_sum: Lanes(simd, zero),
-                x_target: Lanes(simd, zero),
-                weighted: Lanes(simd, zero),
-                mass: Lanes(simd, zero),
-            }; G];
+            let (sv, slow) = if M::GRAD {
+                self.lane_scales(first + r0, width, &yf)
+            } else {
+                ([0.0; TILE], None)
+            };
+            let mut coef = [(zero, zero, zero); G];
             for h in 0..G {
-                let ln = ln_sum(simd, sum[h]);
-                let ln = simd.select_f32s_m32s(
-                    simd.equal_f32s(m[h], ninf),
-                    simd.splat_f32s(f32::NAN),
-                    ln,
-                );
-                stats[h] = RowStats {
-                    max: Lanes(simd, m[h]),
-                    ln_sum: Lanes(simd, ln),
-                    x_target: Lanes(simd, xy[h]),
-                    weighted: Lanes(simd, wx[h]),
-                    mass: Lanes(simd, zero),
+                let rows = LaneRows {
+                    max: m[h],
+                    sum: sum[h],
+                    x_target: xy[h],
+                    w_target: wy[h],
+                    weighted: wx[h],
+                    target: yv[h],
                 };
-                let loss = formula::index_loss(plan.scalars(), Lanes(simd, wy[h]), &stats[h]).1;
-                let valid = simd.greater_than_or_equal_f32s(yv[h], zero);
-                let loss = simd.select_f32s_m32s(valid, loss, zero);
-                acc[h] = simd.add_f32s(acc[h], loss);
-                S::as_mut_simd_f32s(&mut losses[h * lanes..(h + 1) * lanes]).0[0] = loss;
+                let scale = if M::GRAD {
+                    Some(load::<S>(&sv, h * lanes))
+                } else {
+                    None
+                };
+                let out = lane_epilogue(simd, plan, &rows, scale);
+                acc[h] = simd.add_f32s(acc[h], out.loss);
+                S::as_mut_simd_f32s(&mut losses[h * lanes..(h + 1) * lanes]).0[0] = out.loss;
+                coef[h] = (out.a, simd.neg_f32s(out.b), out.fix);
             }
             if M::GRAD {
-                let (sv, slow) = self.lane_scales(first + r0, width, &yf);
                 for h in 0..G {
-                    // g = a·e − b·w[c], minus `fix` at the target, with e = exp(x − max), so
-                    // p = e/sum (NaN for a row without LSE, as the reference); exactly 0 where
-                    // ignored, whatever the logits.
-                    let scale = Lanes(simd, load::<S>(&sv, h * lanes));
-                    let k = formula::index_coefficients(plan.scalars(), scale, Lanes(simd, wy[h]));
-                    let lse = stats[h].lse().1;
-                    let factor = simd.select_f32s_m32s(
-                        simd.equal_f32s(lse, lse),
-                        simd.div_f32s(simd.splat_f32s(1.0), sum[h]),
-                        simd.splat_f32s(f32::NAN),
-                    );
-                    let a = simd.mul_f32s(k.a.1, factor);
-                    let nb = simd.neg_f32s(k.b.1);
+                    // g = a·e − b·w[c], minus `fix` at the target, with e = exp(x − max);
+                    // exactly 0 where ignored, whatever the logits.
+                    let (a, nb, fix) = coef[h];
                     let valid = simd.greater_than_or_equal_f32s(yv[h], zero);
                     for (c, et_c) in et[..classes].iter_mut().enumerate() {
                         let slot = &mut et_c[h * lanes..(h + 1) * lanes];
@@ -468,7 +439,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                             g = simd.mul_add_e_f32s(nb, simd.splat_f32s(plan.class_weight(c)), g);
                         }
                         let is_y = simd.equal_f32s(yv[h], simd.splat_f32s(c as f32));
-                        g = simd.select_f32s_m32s(is_y, simd.sub_f32s(g, k.fix.1), g);
+                        g = simd.select_f32s_m32s(is_y, simd.sub_f32s(g, fix), g);
                         S::as_mut_simd_f32s(slot).0[0] = simd.select_f32s_m32s(valid, g, zero);
                     }
                 }
@@ -1234,4 +1205,78 @@ fn shuffle_out<const K: usize>(
     }
     #[cfg(not(target_arch = "x86_64"))]
     transpose_out(et, r0, classes, width, dst, None)
+}
+
+/// A vector of rows after their passes: max, Σ exp(x − max), the target's logit and weight,
+/// Σ w·(x − max) and the targets as floats (−1 where ignored).
+struct LaneRows<S: Simd> {
+    max: S::f32s,
+    sum: S::f32s,
+    x_target: S::f32s,
+    w_target: S::f32s,
+    weighted: S::f32s,
+    target: S::f32s,
+}
+
+/// What [`lane_epilogue`] gives: the losses (0 where ignored) and, with a scale, the gradient
+/// coefficients `g = a·e − b·w[c] − fix·[c = y]` of the stored `e = exp(x − max)` (`a` includes
+/// `1 / Σ exp`, NaN for a row without LSE, as the reference).
+struct LaneOut<S: Simd> {
+    loss: S::f32s,
+    a: S::f32s,
+    b: S::f32s,
+    fix: S::f32s,
+}
+
+/// The epilogue of a vector of rows, lane-wise, from loss-core's formulas: one `ln`, the loss,
+/// and (given the lanes' gradient scales) the gradient coefficients. A row whose classes are
+/// all masked (max −∞) has no log-sum-exp.
+#[inline(always)]
+fn lane_epilogue<S: Simd>(
+    simd: S,
+    plan: &Plan<'_>,
+    r: &LaneRows<S>,
+    scale: Option<S::f32s>,
+) -> LaneOut<S> {
+    let zero = simd.splat_f32s(0.0);
+    let ln = simd.select_f32s_m32s(
+        simd.equal_f32s(r.max, simd.splat_f32s(f32::NEG_INFINITY)),
+        simd.splat_f32s(f32::NAN),
+        ln_sum(simd, r.sum),
+    );
+    let stats = RowStats {
+        max: Lanes(simd, r.max),
+        ln_sum: Lanes(simd, ln),
+        x_target: Lanes(simd, r.x_target),
+        weighted: Lanes(simd, r.weighted),
+        mass: Lanes(simd, zero),
+    };
+    let wy = Lanes(simd, r.w_target);
+    let valid = simd.greater_than_or_equal_f32s(r.target, zero);
+    let loss = simd.select_f32s_m32s(
+        valid,
+        formula::index_loss(plan.scalars(), wy, &stats).1,
+        zero,
+    );
+    let Some(scale) = scale else {
+        return LaneOut {
+            loss,
+            a: zero,
+            b: zero,
+            fix: zero,
+        };
+    };
+    let k = formula::index_coefficients(plan.scalars(), Lanes(simd, scale), wy);
+    let lse = stats.lse().1;
+    let factor = simd.select_f32s_m32s(
+        simd.equal_f32s(lse, lse),
+        simd.div_f32s(simd.splat_f32s(1.0), r.sum),
+        simd.splat_f32s(f32::NAN),
+    );
+    LaneOut {
+        loss,
+        a: simd.mul_f32s(k.a.1, factor),
+        b: k.b.1,
+        fix: k.fix.1,
+    }
 }

@@ -43,22 +43,7 @@ fn narrow_main(
     }
     workgroupBarrier();
     if (lid < rows) {
-        let position = first + lid;
-        let base = position * params.classes;
-        let st = row_stats(base, 0u, 1u);
-        let m = st.m;
-        let ls = log_sum(st);
-        var sums = vec2<f32>(0.0, 0.0);
-        if (needs_sums()) {
-            sums = weighted_sums(base, m, ls, 0u, 1u);
-        }
-        let y = target_class(position);
-        if (has_flag(FLAG_LOSS)) {
-            row_loss[position] = position_loss(base, y, m, ls, sums.x);
-        }
-        if (has_flag(FLAG_GRAD)) {
-            write_grad(position, base, y, m, ls, sums.y, 0u, 1u);
-        }
+        one_position(first + lid);
     }
     workgroupBarrier();
     if (has_flag(FLAG_GRAD)) {

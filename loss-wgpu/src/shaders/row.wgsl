@@ -258,6 +258,11 @@ fn row_serial(
     if (position >= params.positions) {
         return;
     }
+    one_position(position);
+}
+
+// A whole position in one invocation: `row_serial`, and `narrow_main` (from its tile).
+fn one_position(position: u32) {
     let base = row_base(position);
     let st = row_stats(base, 0u, 1u);
     let m = st.m;
