@@ -237,7 +237,12 @@ impl WgpuBackend {
                 ty: wgpu::QueryType::Timestamp,
                 count: 2,
             });
-            let resolve = make(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+            let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("copy time"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
             let read = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("copy time"),
                 size: 16,
