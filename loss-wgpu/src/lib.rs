@@ -35,10 +35,10 @@
 //!   (`src/shaders/narrow.wgsl`). A workgroup loads a tile of whole rows, coalesced, into
 //!   workgroup memory, computes one row per invocation from it, and stores the gradient tile
 //!   back coalesced.
-//! - **Strided class axes** (`inner ≥ 32`, or narrow rows with `inner > 1`) and rows of fewer than
-//!   16 classes run one position per
-//!   invocation (`row_serial` in `src/shaders/row.wgsl`). Neighbouring invocations then read
-//!   neighbouring addresses.
+//! - **Strided class axes** (`inner ≥ 32`, or narrow rows with `inner > 1`) and rows of fewer
+//!   than 16 classes run one position per invocation (`row_serial` in `src/shaders/row.wgsl`).
+//!   With a strided axis, neighbouring invocations then read neighbouring addresses; 32 rows of
+//!   a few classes are a few cache lines.
 //! - **Short strided axes with many classes**: one workgroup per position (`row_main`).
 //!
 //! The flags of a call (targets, smoothing, loss, gradient, per-position scale) and the values
