@@ -274,8 +274,22 @@ fn params_entry(size: usize) -> wgpu::BindGroupLayoutEntry {
     }
 }
 
-/// The helpers and per-element formulas both shaders share (`shaders/common.wgsl`).
-const COMMON: &str = include_str!("shaders/common.wgsl");
+/// What every row-kernel module ends with: its parameters and bindings
+/// (`shaders/bindings.wgsl`), and the helpers, mergeable row state and per-element formulas
+/// (`shaders/common.wgsl`).
+const COMMON: &str = concat!(
+    include_str!("shaders/bindings.wgsl"),
+    include_str!("shaders/common.wgsl")
+);
+
+/// `row.wgsl` with the accessors of one of its kernels, and the shared-memory merges.
+fn row_source(access: &str) -> String {
+    format!(
+        "{}{access}{}{COMMON}",
+        include_str!("shaders/row.wgsl"),
+        include_str!("shaders/reduce_shared.wgsl")
+    )
+}
 
 /// Compiles a shader (the shared [`prelude`] first) once; its entry points become pipelines
 /// through [`pipeline`].
@@ -381,20 +395,12 @@ impl WgpuContext {
         let row_module = module(
             &device,
             "row",
-            &format!(
-                "{}{}{COMMON}",
-                include_str!("shaders/row.wgsl"),
-                include_str!("shaders/row_access.wgsl")
-            ),
+            &row_source(include_str!("shaders/row_access.wgsl")),
         );
         let narrow_module = module(
             &device,
             "narrow",
-            &format!(
-                "{}{}{COMMON}",
-                include_str!("shaders/row.wgsl"),
-                include_str!("shaders/narrow.wgsl")
-            ),
+            &row_source(include_str!("shaders/narrow.wgsl")),
         );
         let narrow_pipeline = pipeline(
             &device,

@@ -277,21 +277,8 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                     if yf[j] < 0.0 {
                         dst_all[span].fill(0.0);
                     } else if slow.as_ref().is_some_and(|s| s[j]) {
-                        let lse = LseState {
-                            max: mf[j],
-                            sum: f64::from(sf[j]),
-                        }
-                        .log_sum_exp();
-                        plan.slow_position(
-                            src_all.map(|x| &x[span.clone()]),
-                            &mut dst_all[span],
-                            None,
-                            Strided::row(classes),
-                            lse,
-                            self.scale.at(first + r),
-                            Some(yf[j] as usize),
-                            0.0,
-                        );
+                        let scale = self.scale.at(first + r);
+                        slow_index_row(plan, src_all, dst_all, r, mf[j], sf[j], scale, yf[j]);
                     } else {
                         let g = &mut dst_all[span];
                         if smoothed {
@@ -312,13 +299,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
             }
             r0 += width;
         }
-        let mut total = 0.0f64;
-        for a in acc {
-            for l in &lanes_of(simd, a)[..lanes] {
-                total += f64::from(*l);
-            }
-        }
-        total
+        lanes_total(simd, &acc)
     }
 
     /// Short rows (`C ≤ SMALL_C`, index targets): `2·lanes` rows at a time, one row per lane of
@@ -447,25 +428,11 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                 if let Some(slow) = &slow {
                     // Rows with a non-finite scale, in f64, read before anything is written.
                     for j in (0..width).filter(|&j| slow[j]) {
-                        let span = (r0 + j) * classes..(r0 + j + 1) * classes;
                         let h = j / lanes;
                         let (m_l, sum_l) = (lanes_of(simd, m[h]), lanes_of(simd, sum[h]));
-                        let row_lse = LseState {
-                            max: m_l[j % lanes],
-                            sum: f64::from(sum_l[j % lanes]),
-                        }
-                        .log_sum_exp();
-                        let s = self.scale.at(first + r0 + j);
-                        plan.slow_position(
-                            src_all.map(|x| &x[span.clone()]),
-                            &mut dst[span],
-                            None,
-                            Strided::row(classes),
-                            row_lse,
-                            s,
-                            Some(yf[j] as usize),
-                            0.0,
-                        );
+                        let scale = self.scale.at(first + r0 + j);
+                        let (max, sum) = (m_l[j % lanes], sum_l[j % lanes]);
+                        slow_index_row(plan, src_all, dst, r0 + j, max, sum, scale, yf[j]);
                     }
                 }
                 if full && slow.is_none() && is_avx2::<S>() && (2..=8).contains(&classes) {
@@ -479,13 +446,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
             }
             r0 += width;
         }
-        let mut total = 0.0f64;
-        for a in acc {
-            for l in &lanes_of(simd, a)[..lanes] {
-                total += f64::from(*l);
-            }
-        }
-        total
+        lanes_total(simd, &acc)
     }
 
     /// The upstream-gradient scale of `width` rows starting at `position` (0 in ignored rows),
@@ -1279,4 +1240,51 @@ fn lane_epilogue<S: Simd>(
         b: k.b.1,
         fix: k.fix.1,
     }
+}
+
+/// The losses summed in `f32` lanes, added in `f64` in vector then lane order (the unit's
+/// partial of the lanes paths).
+#[inline(always)]
+fn lanes_total<S: Simd>(simd: S, acc: &[S::f32s]) -> f64 {
+    let mut total = 0.0f64;
+    for &a in acc {
+        for l in &lanes_of(simd, a)[..S::F32_LANES] {
+            total += f64::from(*l);
+        }
+    }
+    total
+}
+
+/// The gradient of unit row `r` (index target `y`, as a lane float) with a non-finite scale, in
+/// `f64` through [`Plan::slow_position`], from the row's max and `Σ exp(x − max)`; `src = None`
+/// reads the logits from `dst` (in place: called before the row is written).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn slow_index_row(
+    plan: &Plan<'_>,
+    src: Option<&[f32]>,
+    dst: &mut [f32],
+    r: usize,
+    max: f32,
+    sum: f32,
+    scale: f32,
+    y: f32,
+) {
+    let classes = plan.layout.classes;
+    let span = r * classes..(r + 1) * classes;
+    let lse = LseState {
+        max,
+        sum: f64::from(sum),
+    }
+    .log_sum_exp();
+    plan.slow_position(
+        src.map(|x| &x[span.clone()]),
+        &mut dst[span],
+        None,
+        Strided::row(classes),
+        lse,
+        scale,
+        Some(y as usize),
+        0.0,
+    );
 }

@@ -54,3 +54,31 @@ fn index_grad_of(scale: f32, p: f32, w_y: f32, w_c: f32, is_target: bool, smooth
 fn prob_grad_of(scale: f32, p: f32, mass: f32, w_c: f32, t_smoothed: f32) -> f32 {
     return scale * (p * mass - w_c * t_smoothed);
 }
+
+// (max, Σ exp(x − max), poisoned): the mergeable state of a set of classes.
+struct Stats {
+    m: f32,
+    s: f32,
+    bad: u32,
+}
+
+// The union of two disjoint sets. Symmetric bit for bit (IEEE addition commutes), so both
+// lanes of a butterfly get the same result.
+fn merge(a: Stats, b: Stats) -> Stats {
+    let bad = a.bad | b.bad;
+    if (is_neg_inf(a.m)) {
+        return Stats(b.m, b.s, bad);
+    }
+    if (is_neg_inf(b.m)) {
+        return Stats(a.m, a.s, bad);
+    }
+    let m = max(a.m, b.m);
+    return Stats(m, a.s * exp(a.m - m) + b.s * exp(b.m - m), bad);
+}
+
+fn log_sum(st: Stats) -> f32 {
+    if (st.bad != 0u || is_neg_inf(st.m)) {
+        return nan_f32();
+    }
+    return log(st.s);
+}

@@ -22,28 +22,6 @@
 // Semantics are those of `row.wgsl` (which states them): NaN and +inf poison a row, −inf adds
 // nothing, `LSE − x = (m − x) + ls`, an ignored position's gradient is an exact 0.
 
-struct Params {
-    classes: u32,
-    inner: u32,
-    positions: u32,
-    flags: u32,
-    eps: f32,
-    total_weight: f32,
-    scale: f32,
-    segments: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-@group(0) @binding(2) var<storage, read> targets: array<u32>;
-@group(0) @binding(3) var<storage, read> weights: array<f32>;
-@group(0) @binding(4) var<storage, read> grad_output: array<f32>;
-@group(0) @binding(5) var<storage, read_write> row_loss: array<f32>;
-@group(0) @binding(6) var<storage, read_write> grad: array<f32>;
-// Split rows: per (row, segment) 4 values: max, Σ exp, poisoned (as 0/1), unused; then, after
-// `positions · segments · 4` values, per (row, segment) the two weighted sums.
-@group(0) @binding(7) var<storage, read_write> partials: array<f32>;
-
 const PROBS: bool = (FLAGS & FLAG_PROBS) != 0u;
 const LOSS: bool = (FLAGS & FLAG_LOSS) != 0u;
 const GRAD: bool = (FLAGS & FLAG_GRAD) != 0u;
@@ -53,40 +31,8 @@ const SMOOTHING: bool = (FLAGS & FLAG_SMOOTHING) != 0u;
 // Σ w·t' for probability targets.
 const SUMS: bool = PROBS || (SMOOTHING && LOSS);
 
-var<workgroup> wg_a: array<f32, WG>;
-var<workgroup> wg_b: array<f32, WG>;
-var<workgroup> wg_c: array<u32, WG>;
-
 fn smoothed(t: f32) -> f32 {
     return smoothed_target(t, SMOOTHING);
-}
-
-// (max, Σ exp(x − max), poisoned): the mergeable state of a set of classes.
-struct Stats {
-    m: f32,
-    s: f32,
-    bad: u32,
-}
-
-// The union of two disjoint sets. Symmetric bit for bit (IEEE addition commutes), so both
-// lanes of a butterfly get the same result.
-fn merge(a: Stats, b: Stats) -> Stats {
-    let bad = a.bad | b.bad;
-    if (is_neg_inf(a.m)) {
-        return Stats(b.m, b.s, bad);
-    }
-    if (is_neg_inf(b.m)) {
-        return Stats(a.m, a.s, bad);
-    }
-    let m = max(a.m, b.m);
-    return Stats(m, a.s * exp(a.m - m) + b.s * exp(b.m - m), bad);
-}
-
-fn log_sum(st: Stats) -> f32 {
-    if (st.bad != 0u || is_neg_inf(st.m)) {
-        return nan_f32();
-    }
-    return log(st.s);
 }
 
 // This invocation's classes of the current block (a private array: registers once the loops

@@ -1,6 +1,11 @@
 // `fused.wgsl`'s workgroup merges without subgroup operations (the host appends this fragment
 // when the adapter has no subgroups, or they are switched off).
 
+// The workgroup's scratch for the merges.
+var<workgroup> wg_a: array<f32, WG>;
+var<workgroup> wg_b: array<f32, WG>;
+var<workgroup> wg_c: array<u32, WG>;
+
 // The workgroup's merged state; every invocation gets it. Uniform control flow only.
 // A shared-memory tree of fixed shape (the adapter has no subgroups, or they are off).
 fn reduce_stats(own: Stats, lid: u32, _sg: u32) -> Stats {

@@ -1,6 +1,11 @@
 // `fused.wgsl`'s workgroup merges with subgroup operations (the host appends this fragment
 // when the adapter has subgroups).
 
+// The workgroup's scratch for the merges.
+var<workgroup> wg_a: array<f32, WG>;
+var<workgroup> wg_b: array<f32, WG>;
+var<workgroup> wg_c: array<u32, WG>;
+
 // The workgroup's merged state; every invocation gets it. Uniform control flow only.
 // Subgroup butterflies first (`subgroupShuffleXor`, a fixed pattern for the device's fixed
 // subgroup size), then the subgroups' results in subgroup order.

@@ -20,34 +20,13 @@
 // host appends `row_access.wgsl` (the storage buffers themselves) or, for the narrow-row tile
 // kernel, `narrow.wgsl` (a workgroup tile loaded and stored coalesced).
 //
+// The parameters and bindings (`bindings.wgsl`), the helpers, the mergeable row state and the
+// per-element formulas (`common.wgsl`) and the workgroup merges (`reduce_shared.wgsl`) are
+// appended by the host too.
+//
 // `WG`, the `FLAG_*` bits of `Params.flags` and `IGNORED` (the bits of an ignored index
 // target, which the host maps `ignore_index` to on upload) are not written here: the host
 // prepends them from its own constants (`context.rs`, `prelude`), the one source for both.
-
-struct Params {
-    classes: u32,
-    inner: u32,
-    positions: u32,
-    flags: u32,
-    eps: f32,
-    total_weight: f32,
-    scale: f32,
-    pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-// Index targets (one u32 per position) or probabilities (f32 bits, laid out like the logits).
-@group(0) @binding(2) var<storage, read> targets: array<u32>;
-@group(0) @binding(3) var<storage, read> weights: array<f32>;
-@group(0) @binding(4) var<storage, read> grad_output: array<f32>;
-@group(0) @binding(5) var<storage, read_write> row_loss: array<f32>;
-@group(0) @binding(6) var<storage, read_write> grad: array<f32>;
-
-var<workgroup> wg_max: array<f32, WG>;
-var<workgroup> wg_sum: array<f32, WG>;
-var<workgroup> wg_bad: array<u32, WG>;
-var<workgroup> wg_mass: array<f32, WG>;
 
 fn has_flag(bit: u32) -> bool {
     return (params.flags & bit) != 0u;
@@ -64,12 +43,6 @@ fn row_base(position: u32) -> u32 {
 }
 
 // Online max and rescaled Σ exp over classes start, start + stride, …
-struct Stats {
-    m: f32,
-    s: f32,
-    bad: u32,
-}
-
 fn row_stats(base: u32, start: u32, stride: u32) -> Stats {
     // −inf adds exp(−inf) = 0 and is skipped (a row of only −inf is caught by the caller).
     var st = Stats(neg_inf_f32(), 0.0, 0u);
@@ -90,15 +63,6 @@ fn row_stats(base: u32, start: u32, stride: u32) -> Stats {
         }
     }
     return st;
-}
-
-// ln Σ exp(x − m), or NaN when the reference's LSE is NaN (NaN or +inf anywhere, or every
-// class −inf).
-fn log_sum(st: Stats) -> f32 {
-    if (st.bad != 0u || is_neg_inf(st.m)) {
-        return nan_f32();
-    }
-    return log(st.s);
 }
 
 // Whether the second pass is needed: (acc, mass) below.
@@ -196,47 +160,13 @@ fn row_main(
     }
     let base = row_base(position);
 
-    let own = row_stats(base, lid, WG);
-    wg_max[lid] = own.m;
-    wg_sum[lid] = own.s;
-    wg_bad[lid] = own.bad;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            let m1 = wg_max[lid];
-            let m2 = wg_max[lid + stride];
-            wg_bad[lid] = wg_bad[lid] | wg_bad[lid + stride];
-            if (!is_neg_inf(m2)) {
-                if (is_neg_inf(m1)) {
-                    wg_max[lid] = m2;
-                    wg_sum[lid] = wg_sum[lid + stride];
-                } else {
-                    let mm = max(m1, m2);
-                    wg_max[lid] = mm;
-                    wg_sum[lid] = wg_sum[lid] * exp(m1 - mm) + wg_sum[lid + stride] * exp(m2 - mm);
-                }
-            }
-        }
-        workgroupBarrier();
-    }
-    let m = wg_max[0];
-    let ls = log_sum(Stats(m, wg_sum[0], wg_bad[0]));
-    workgroupBarrier();
+    let st = reduce_stats(row_stats(base, lid, WG), lid, 1u);
+    let m = st.m;
+    let ls = log_sum(st);
 
     var sums = vec2<f32>(0.0, 0.0);
     if (needs_sums()) {
-        let own_sums = weighted_sums(base, m, ls, lid, WG);
-        wg_sum[lid] = own_sums.x;
-        wg_mass[lid] = own_sums.y;
-        workgroupBarrier();
-        for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-            if (lid < stride) {
-                wg_sum[lid] = wg_sum[lid] + wg_sum[lid + stride];
-                wg_mass[lid] = wg_mass[lid] + wg_mass[lid + stride];
-            }
-            workgroupBarrier();
-        }
-        sums = vec2<f32>(wg_sum[0], wg_mass[0]);
+        sums = reduce_sums(weighted_sums(base, m, ls, lid, WG), lid, 1u);
     }
 
     let y = target_class(position);
