@@ -464,7 +464,7 @@ impl Client {
             .and_then(|()| self.stdin.flush())
             .map_err(|e| {
                 worker_error(format!(
-                    "{}: the worker went away: {e}",
+                    "{} is not a loss-bench worker, or it exited ({e})",
                     self.path.display()
                 ))
             })
