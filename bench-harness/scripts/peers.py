@@ -61,42 +61,73 @@ def load(cell):
     w = None
     if cell["weighted"]:
         w = np.fromfile(os.path.join(cell["dir"], "weight.bin"), dtype=np.float32)
-    return x, t, w
+    s = None
+    if cell.get("position_weights"):
+        s = np.fromfile(os.path.join(cell["dir"], "position_weight.bin"), dtype=np.float32)
+    return x, t, w, s
+
+
+def dtype_of(cell):
+    return cell.get("dtype", "f32").split("+")[0]
+
+
+def torch_loss(F, torch, cell, xr, t, w, s, red):
+    """PyTorch's cross_entropy, composed by hand with the extensions (soft-cap, z-loss,
+    position weights) the way a user would write them."""
+    cap, z = cell.get("softcap"), cell.get("z_loss") or 0.0
+    xc = cap * torch.tanh(xr / cap) if cap else xr
+    if not z and s is None:
+        return F.cross_entropy(xc, t, weight=w, reduction=red)
+    ce = F.cross_entropy(xc, t, weight=w, reduction="none").float()
+    lse = torch.logsumexp(xc.float(), dim=1)
+    sw = s if s is not None else torch.ones_like(lse)
+    valid = (t != -100).float()
+    ce = ce * sw
+    zt = z * sw * lse * lse * valid
+    if red == "none":
+        return ce + zt
+    if red == "sum":
+        return ce.sum() + zt.sum()
+    wy = (w[t] if w is not None else torch.ones_like(lse)) * valid
+    return ce.sum() / (sw * wy).sum() + zt.sum() / (sw * valid).sum()
 
 
 def run_torch(cells, threads, budget, emit):
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
+    types = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
     for cell in cells:
-        x, t, w = load(cell)
-        x = torch.from_numpy(x)
+        x, t, w, s = load(cell)
+        x = torch.from_numpy(x).to(types[dtype_of(cell)])
         t = torch.from_numpy(t)
         w = None if w is None else torch.from_numpy(w)
+        s = None if s is None else torch.from_numpy(s)
         red = cell["reduction"]
+        ce = lambda xr: torch_loss(F, torch, cell, xr, t, w, s, red)
         up = torch.ones(()) if red != "none" else torch.ones(x.shape[0])
         for op in cell["ops"]:
             if op == "forward":
                 with torch.no_grad():
-                    fn = lambda: F.cross_entropy(x, t, weight=w, reduction=red)
+                    fn = lambda: ce(x)
                     loss = fn()
                     grad_sq = None
-                    note = "F.cross_entropy under no_grad"
+                    note = "cross_entropy under no_grad"
             else:
                 xr = x.clone().requires_grad_(True)
                 if op == "backward":
-                    out = F.cross_entropy(xr, t, weight=w, reduction=red)
+                    out = ce(xr)
                     fn = lambda: torch.autograd.grad(out, xr, up, retain_graph=True)
                     note = "autograd.grad of a recorded forward (backward alone)"
                 else:
                     def fn():
                         xr.grad = None
-                        o = F.cross_entropy(xr, t, weight=w, reduction=red)
+                        o = ce(xr)
                         o.backward(up)
                         return o
                     note = "forward then .backward()"
-                loss = F.cross_entropy(xr, t, weight=w, reduction=red).detach()
-                g = torch.autograd.grad(F.cross_entropy(xr, t, weight=w, reduction=red), xr, up)[0]
+                loss = ce(xr).detach()
+                g = torch.autograd.grad(ce(xr), xr, up)[0]
                 grad_sq = float((g.double() ** 2).sum())
             timing = time_calls(fn, budget)
             emit("pytorch", cell, op, threads, timing, loss.double().reshape(-1).tolist(), grad_sq,
@@ -107,23 +138,33 @@ def run_jax(cells, threads, budget, emit):
     import jax
     import jax.numpy as jnp
     jax.config.update("jax_enable_x64", False)
+    types = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16}
     for cell in cells:
-        x, t, w = load(cell)
+        x, t, w, s = load(cell)
         red = cell["reduction"]
-        xj = jnp.asarray(x)
+        cap, z = cell.get("softcap"), cell.get("z_loss") or 0.0
+        sj = None if s is None else jnp.asarray(s)
+        xj = jnp.asarray(x).astype(types[dtype_of(cell)])
         tj = jnp.asarray(t.astype("int32"))
         wj = jnp.ones(x.shape[1], jnp.float32) if w is None else jnp.asarray(w)
 
         def loss_fn(x):
+            # f32 accumulation on the (widened) logits, the soft-cap first.
+            x = x.astype(jnp.float32)
+            if cap:
+                x = cap * jnp.tanh(x / cap)
             lse = jax.nn.logsumexp(x, axis=1)
             picked = jnp.take_along_axis(x, tj[:, None], axis=1)[:, 0]
+            sw = jnp.ones_like(lse) if sj is None else sj
             wt = wj[tj]
-            per = wt * (lse - picked)
+            per = sw * wt * (lse - picked)
+            zt = z * sw * lse * lse
             if red == "none":
-                return per
+                return per + zt if z else per
             if red == "sum":
-                return per.sum()
-            return per.sum() / wt.sum()
+                return per.sum() + zt.sum() if z else per.sum()
+            ce = per.sum() / (sw * wt).sum()
+            return ce + zt.sum() / sw.sum() if z else ce
 
         scalar = (lambda x: loss_fn(x).sum()) if red == "none" else loss_fn
         fwd = jax.jit(loss_fn)
@@ -156,7 +197,8 @@ def main():
     budget = manifest["budget"]
 
     def emit(peer, cell, op, threads, timing, loss, grad_sq, note):
-        rec = {"peer": peer, "batch": cell["batch"], "classes": cell["classes"], "op": op,
+        rec = {"peer": peer, "batch": cell["batch"], "classes": cell["classes"],
+               "dtype": cell.get("dtype", "f32"), "op": op,
                "threads": threads, "loss": loss, "grad_sq": grad_sq, "note": note}
         rec.update(timing)
         print(json.dumps(rec), flush=True)

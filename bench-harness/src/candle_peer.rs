@@ -7,7 +7,7 @@
 //! copies the logits into a candle tensor: that copy is part of what using candle costs.
 
 use candle_core::{DType, Device, Tensor, Var};
-use loss_core::{LossBackend, LossError, Problem, Reduction, Result, TargetData};
+use loss_core::{LossBackend, LossError, Outputs, Problem, Reduction, Result, TargetData};
 
 /// candle-nn on the CPU (`name() == "candle"`).
 pub struct CandleBackend {
@@ -57,6 +57,14 @@ impl CandleBackend {
         if problem.shape().len() != 2 {
             return Err(unsupported("inputs other than (N, C)"));
         }
+        if !problem.is_plain() {
+            return Err(unsupported(
+                "half logits, z-loss, soft-capping and position weights",
+            ));
+        }
+        let Some(logits) = problem.logits().as_f32() else {
+            return Err(unsupported("half logits"));
+        };
         let TargetData::Indices(targets) = problem.target() else {
             return Err(unsupported("probability targets"));
         };
@@ -64,7 +72,7 @@ impl CandleBackend {
             return Err(unsupported("ignore_index"));
         }
         let (n, c) = (problem.shape()[0], problem.shape()[1]);
-        let x = Tensor::from_slice(problem.logits(), (n, c), &self.device).map_err(failed)?;
+        let x = Tensor::from_slice(logits, (n, c), &self.device).map_err(failed)?;
         let t = Tensor::from_slice(targets, n, &self.device).map_err(failed)?;
         Ok((x, t))
     }
@@ -75,8 +83,31 @@ impl LossBackend for CandleBackend {
         "candle"
     }
 
-    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
-        problem.check_loss_buffer(loss)?;
+    fn compute(&self, problem: &Problem<'_>, mut out: Outputs<'_>) -> Result<()> {
+        problem.check_outputs(&out)?;
+        if out.wants_stats() {
+            return Err(unsupported("the LSE and z-loss outputs"));
+        }
+        if let Some(g) = &out.grad
+            && g.grad.dtype() != loss_core::DType::F32
+        {
+            return Err(unsupported("half gradients"));
+        }
+        // Checked before anything is written.
+        self.inputs(problem)?;
+        if let Some(loss) = out.loss.take() {
+            self.forward_f32(problem, loss)?;
+        }
+        if let Some(mut g) = out.grad.take() {
+            let buf = g.grad.as_f32_mut().expect("checked above");
+            self.backward_f32(problem, g.grad_output, buf)?;
+        }
+        Ok(())
+    }
+}
+
+impl CandleBackend {
+    fn forward_f32(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
         let (x, t) = self.inputs(problem)?;
         let l = candle_nn::loss::cross_entropy(&x, &t).map_err(failed)?;
         loss[0] = l
@@ -86,13 +117,12 @@ impl LossBackend for CandleBackend {
         Ok(())
     }
 
-    fn backward_into(
+    fn backward_f32(
         &self,
         problem: &Problem<'_>,
         grad_output: &[f32],
         grad: &mut [f32],
     ) -> Result<()> {
-        problem.check_backward(grad_output, grad)?;
         let (x, t) = self.inputs(problem)?;
         let var = Var::from_tensor(&x).map_err(failed)?;
         let l = candle_nn::loss::cross_entropy(var.as_tensor(), &t).map_err(failed)?;

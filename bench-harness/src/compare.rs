@@ -360,6 +360,7 @@ mod tests {
             op: Op::Forward,
             batch: 64,
             classes: 1000,
+            dtype: "f32".into(),
             threads: 1,
             elements: 64_000,
             median_ns: times[0],

@@ -437,6 +437,7 @@ fn counted(
         op: p.op,
         batch: p.cell.batch,
         classes: p.cell.classes,
+        dtype: crate::schema::dtype_label(&p.cell),
         threads: p.threads,
         elements,
         median_ns: 0.0,

@@ -102,6 +102,18 @@ struct RunArgs {
     /// Reduction: none, sum or mean.
     #[arg(long, default_value = "mean")]
     reduction: String,
+    /// Element types of the logits (and of the gradient), comma-separated: a grid axis.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    dtype: Vec<String>,
+    /// z-loss coefficient (PaLM: 1e-4).
+    #[arg(long)]
+    z_loss: Option<f32>,
+    /// Logit soft-cap (Gemma 2: 30).
+    #[arg(long)]
+    softcap: Option<f32>,
+    /// Per-position weights (uniform in [0, 2)).
+    #[arg(long)]
+    position_weights: bool,
     /// Skip cells whose logits exceed this many MiB (default 1024; 32 with --quick).
     #[arg(long)]
     max_mib: Option<usize>,
@@ -190,7 +202,7 @@ struct RecommendArgs {
 }
 
 fn verify(args: VerifyArgs) -> ExitCode {
-    let mut paths = vec![conformance::vendored_vectors_path()];
+    let mut paths = conformance::vendored_vectors_paths();
     paths.extend(args.vectors);
     let backends = backends::resolve(
         &args.backend,
@@ -258,6 +270,18 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, Error> {
     opts.ops = Op::parse_list(&args.op)?;
     opts.weighted = !args.unweighted;
     opts.reduction = Reduction::parse(&args.reduction).map_err(|e| Error::Usage(e.to_string()))?;
+    opts.dtypes = args
+        .dtype
+        .iter()
+        .map(|d| {
+            loss_core::DType::parse(d.trim())
+                .ok_or_else(|| Error::Usage(format!("--dtype {d:?}: expected f32, bf16 or f16")))
+        })
+        .collect::<Result<_, Error>>()?;
+    opts.z_loss = args.z_loss;
+    opts.softcap = args.softcap;
+    opts.position_weights = args.position_weights;
+    opts.validate_extensions()?;
     if let Some(mib) = args.max_mib {
         opts.max_bytes = mib << 20;
     }

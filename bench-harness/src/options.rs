@@ -1,8 +1,9 @@
 //! The options of a run: the grid, the backends, the operations, and how long to time.
 
-use loss_core::Reduction;
+use loss_core::{DType, LossOptions, Problem, Reduction, Target};
 
-use crate::cells::CellSpec;
+use crate::cells::{CellSpec, Coef};
+use crate::error::Error;
 use crate::schema::{Op, RunConfig, Skipped};
 use crate::timing::TimingBudget;
 
@@ -25,6 +26,14 @@ pub struct RunOptions {
     pub weighted: bool,
     /// The reduction.
     pub reduction: Reduction,
+    /// Element types of the logits (a grid axis).
+    pub dtypes: Vec<DType>,
+    /// z-loss coefficient.
+    pub z_loss: Option<f32>,
+    /// Soft-cap.
+    pub softcap: Option<f32>,
+    /// Position weights.
+    pub position_weights: bool,
     /// Skip cells whose logits exceed this many bytes.
     pub max_bytes: usize,
     /// Short timings (the whole run under a minute).
@@ -54,6 +63,10 @@ impl Default for RunOptions {
             threads: vec![available_cores()],
             weighted: true,
             reduction: Reduction::Mean,
+            dtypes: vec![DType::F32],
+            z_loss: None,
+            softcap: None,
+            position_weights: false,
             max_bytes: 1 << 30,
             quick: false,
             seed: 0x5eed,
@@ -65,15 +78,30 @@ impl Default for RunOptions {
 }
 
 impl RunOptions {
-    /// The cell spec of `(batch, classes)` under these options.
-    pub fn spec(&self, batch: usize, classes: usize) -> CellSpec {
+    /// The cell spec of `(batch, classes)` in `dtype` under these options.
+    pub fn spec(&self, batch: usize, classes: usize, dtype: DType) -> CellSpec {
         CellSpec {
-            batch,
-            classes,
-            weighted: self.weighted,
-            reduction: self.reduction,
-            seed: self.seed,
+            dtype,
+            z_loss: self.z_loss.filter(|&z| z != 0.0).map(Coef),
+            softcap: self.softcap.map(Coef),
+            position_weights: self.position_weights,
+            ..CellSpec::plain(batch, classes, self.weighted, self.reduction, self.seed)
         }
+    }
+
+    /// Checks the extensions' values through the library's own validation, so that a bad
+    /// `--z-loss` or `--softcap` is a usage error and never a panic inside a cell.
+    pub fn validate_extensions(&self) -> Result<(), Error> {
+        let options = LossOptions::new()
+            .z_loss(self.z_loss.unwrap_or(0.0))
+            .softcap(self.softcap);
+        let target = Target::Indices {
+            data: &[0],
+            shape: &[1],
+        };
+        Problem::new(&[0.0f32], &[1, 1], target, options)
+            .map(|_| ())
+            .map_err(|e| Error::Usage(e.to_string()))
     }
 
     /// The cells of the run (the explicit cells, or the grid), without the ones over the size
@@ -88,8 +116,11 @@ impl RunOptions {
             self.cells.clone()
         };
         let mut out = Vec::new();
-        for (batch, classes) in grid {
-            let bytes = batch.saturating_mul(classes).saturating_mul(4);
+        let cells = grid
+            .into_iter()
+            .flat_map(|(b, c)| self.dtypes.iter().map(move |&d| (b, c, d)));
+        for (batch, classes, dtype) in cells {
+            let bytes = batch.saturating_mul(classes).saturating_mul(dtype.size());
             if bytes > self.max_bytes {
                 skipped.push(Skipped::cell(
                     batch,
@@ -102,7 +133,7 @@ impl RunOptions {
             } else if batch == 0 || classes == 0 {
                 skipped.push(Skipped::cell(batch, classes, "empty cell".into()));
             } else {
-                out.push(self.spec(batch, classes));
+                out.push(self.spec(batch, classes, dtype));
             }
         }
         out

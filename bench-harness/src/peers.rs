@@ -35,6 +35,7 @@ fn python() -> String {
 struct PeerCellRef {
     batch: usize,
     classes: usize,
+    dtype: String,
     loss: Vec<f64>,
     grad_sq: f64,
     in_cache: bool,
@@ -53,6 +54,8 @@ struct PeerLine {
     peer: String,
     batch: usize,
     classes: usize,
+    #[serde(default = "crate::schema::f32_name")]
+    dtype: String,
     op: Op,
     threads: usize,
     loss: Vec<f64>,
@@ -109,14 +112,19 @@ impl PythonPeers {
     fn write_cell(&mut self, cell: &Cell) -> Result<(), String> {
         let w = &cell.workload;
         let [batch, classes] = w.shape;
-        let dir = self.dir.join(format!("{batch}x{classes}"));
+        let dtype = w.logits.dtype();
+        let dir = self.dir.join(format!("{batch}x{classes}-{dtype}"));
         let write = |name: &str, bytes: &[u8]| -> Result<(), String> {
             std::fs::create_dir_all(&dir)
                 .and_then(|()| std::fs::File::create(dir.join(name)))
                 .and_then(|mut f| f.write_all(bytes))
                 .map_err(|e| format!("writing inputs for peers: {e}"))
         };
-        write("logits.bin", bytemuck_f32(&w.logits))?;
+        // The logits' exact values as f32; the script converts them to the cell's type (exact).
+        write("logits.bin", bytemuck_f32(&w.logits.to_f32_vec()))?;
+        if let Some(s) = &w.position_weight {
+            write("position_weight.bin", bytemuck_f32(s))?;
+        }
         let targets: Vec<u8> = w.targets.iter().flat_map(|t| t.to_le_bytes()).collect();
         write("targets.bin", &targets)?;
         if let Some(weight) = &w.weight {
@@ -128,6 +136,10 @@ impl PythonPeers {
             "classes": classes,
             "weighted": w.weight.is_some(),
             "reduction": w.reduction.as_str(),
+            "dtype": crate::schema::dtype_label(&cell.spec),
+            "z_loss": w.z_loss,
+            "softcap": w.softcap,
+            "position_weights": w.position_weight.is_some(),
             "ops": [],
         }));
         let answer = cell
@@ -137,6 +149,7 @@ impl PythonPeers {
         self.cells.push(PeerCellRef {
             batch,
             classes,
+            dtype: crate::schema::dtype_label(&cell.spec),
             loss: answer.loss.clone(),
             grad_sq: answer.grad.iter().map(|&g| f64::from(g).powi(2)).sum(),
             in_cache: cell.in_cache,
@@ -230,11 +243,14 @@ impl PythonPeers {
         let reference = self
             .cells
             .iter()
-            .find(|c| c.batch == p.batch && c.classes == p.classes);
+            .find(|c| c.batch == p.batch && c.classes == p.classes && c.dtype == p.dtype);
         let (max_rel_error, agrees, in_cache) = match reference {
             None => (f64::MAX, false, false),
             Some(r) => {
-                let tol = DEFAULT_TOLERANCE;
+                // A peer returns the loss and the gradient in the logits' type (PyTorch does):
+                // held to that type's rounding.
+                let dtype = crate::schema::dtype_of(&p.dtype);
+                let tol = crate::workload::grad_tolerance(dtype, DEFAULT_TOLERANCE);
                 let mut pairs: Vec<(f64, f64)> =
                     p.loss.iter().copied().zip(r.loss.iter().copied()).collect();
                 if let Some(g) = p.grad_sq {
@@ -247,7 +263,8 @@ impl PythonPeers {
         };
         let elements = p.batch * p.classes;
         let eps = elements as f64 / (p.median_ns * 1e-9);
-        let bps = eps * p.op.bytes_per_element();
+        let dtype = crate::schema::dtype_of(&p.dtype);
+        let bps = eps * p.op.bytes_per_element(dtype);
         let bw = divisor(bandwidth, p.op, p.threads);
         CellResult {
             backend: p.peer,
@@ -255,6 +272,7 @@ impl PythonPeers {
             op: p.op,
             batch: p.batch,
             classes: p.classes,
+            dtype: p.dtype.clone(),
             threads: p.threads,
             elements,
             median_ns: p.median_ns,

@@ -125,7 +125,8 @@ fn draw(report: &RunReport, batch: Option<usize>, out: &Path) -> Result<(), Stri
                 Op::Forward => b.read_gbps,
                 _ => b.copy_gbps,
             };
-            let ceiling = gbps * 1e9 / op.bytes_per_element();
+            // (f32 ceilings: the plot is of the f32 cells.)
+            let ceiling = gbps * 1e9 / op.bytes_per_element(loss_core::DType::F32);
             let style = ShapeStyle::from(&BLACK.mix(0.35 + 0.3 * i as f64)).stroke_width(1);
             chart
                 .draw_series(DashedLineSeries::new(

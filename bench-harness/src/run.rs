@@ -47,7 +47,7 @@ fn result(a: &Accumulated, instance: &Instance, bandwidth_gbps: f64) -> CellResu
     let s = Summary::of(&samples);
     let elements = a.spec.batch * a.spec.classes;
     let eps = elements as f64 / (s.median_ns * 1e-9);
-    let bps = eps * a.op.bytes_per_element();
+    let bps = eps * a.op.bytes_per_element(a.spec.dtype);
     let fraction = bps / (bandwidth_gbps * 1e9);
     let rounds: Vec<RoundResult> = a
         .rounds
@@ -90,6 +90,7 @@ fn result(a: &Accumulated, instance: &Instance, bandwidth_gbps: f64) -> CellResu
         op: a.op,
         batch: a.spec.batch,
         classes: a.spec.classes,
+        dtype: crate::schema::dtype_label(&a.spec),
         threads: instance.threads,
         elements,
         median_ns: s.median_ns,
@@ -102,7 +103,9 @@ fn result(a: &Accumulated, instance: &Instance, bandwidth_gbps: f64) -> CellResu
         bandwidth_fraction: fraction,
         gpu_median_ns,
         gpu_bandwidth_fraction: gpu_median_ns.map(|g| {
-            elements as f64 * a.op.bytes_per_element() / (g * 1e-9) / (bandwidth_gbps * 1e9)
+            elements as f64 * a.op.bytes_per_element(a.spec.dtype)
+                / (g * 1e-9)
+                / (bandwidth_gbps * 1e9)
         }),
         in_cache: a.in_cache,
         over_ceiling: !a.in_cache && fraction > 1.0,

@@ -35,11 +35,13 @@ impl Op {
         }
     }
 
-    /// Bytes of memory traffic per logit: 4 read for forward; 4 read and 4 written otherwise.
-    pub fn bytes_per_element(self) -> f64 {
+    /// Bytes of memory traffic per logit of `dtype`: one element read for forward; one read
+    /// and one (gradient, in the same type) written otherwise.
+    pub fn bytes_per_element(self, dtype: loss_core::DType) -> f64 {
+        let size = dtype.size() as f64;
         match self {
-            Op::Forward => 4.0,
-            Op::Backward | Op::ForwardBackward => 8.0,
+            Op::Forward => size,
+            Op::Backward | Op::ForwardBackward => 2.0 * size,
         }
     }
 
@@ -214,6 +216,10 @@ pub struct CellResult {
     pub batch: usize,
     /// `C`.
     pub classes: usize,
+    /// The logits' element type, and the extensions on (`bf16`, `f32+z0.0001+cap30`; absent in
+    /// older files: `f32`).
+    #[serde(default = "f32_name")]
+    pub dtype: String,
     /// Threads the backend ran on.
     pub threads: usize,
     /// `N·C`, the logits processed per call.
@@ -268,15 +274,34 @@ pub struct CellResult {
     pub note: Option<String>,
 }
 
+/// `"f32"`: the element type of results written before there was a choice.
+pub fn f32_name() -> String {
+    "f32".to_string()
+}
+
+/// A result's `dtype` field for a cell: the element type, then the extensions on.
+pub fn dtype_label(spec: &crate::cells::CellSpec) -> String {
+    match spec.extensions() {
+        Some(ext) => format!("{}+{ext}", spec.dtype),
+        None => spec.dtype.to_string(),
+    }
+}
+
+/// The element type named by a result's `dtype` field (`bf16+z…` → bf16).
+pub fn dtype_of(label: &str) -> loss_core::DType {
+    loss_core::DType::parse(label.split('+').next().unwrap_or("f32")).unwrap_or_default()
+}
+
 impl CellResult {
     /// The key that identifies the same measurement across runs.
-    pub fn key(&self) -> (String, String, Op, usize, usize, usize) {
+    pub fn key(&self) -> (String, String, Op, usize, usize, String, usize) {
         (
             self.backend.clone(),
             self.variant.clone(),
             self.op,
             self.batch,
             self.classes,
+            self.dtype.clone(),
             self.threads,
         )
     }

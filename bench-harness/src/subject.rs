@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use loss_core::conformance::DEFAULT_TOLERANCE;
-use loss_core::{LossBackend, LossError, Problem, ResidentProblem};
+use loss_core::{LossBackend, LossError, Outputs, OwnedElems, Problem, ResidentProblem};
 
 use crate::cells::{Cell, Check, digest};
 use crate::error::{Error, Result};
@@ -22,33 +22,37 @@ pub trait Subject: Timed {
     fn outputs(&mut self) -> Result<(&[f32], &[f32]), LossError>;
 }
 
-/// End to end: host slices through the trait's `_into` methods, rotating over the copies.
+/// End to end: host slices through the trait's `compute`, rotating over the copies; the
+/// gradient is written in the logits' element type (PyTorch's behaviour).
 struct HostSubject<'a> {
     backend: &'a dyn LossBackend,
     problems: Vec<Problem<'a>>,
     upstream: &'a [f32],
     loss: Vec<f32>,
-    grad: Vec<f32>,
+    grad: OwnedElems,
+    /// The gradient widened, for the checks (filled by `outputs`, never timed).
+    grad_f32: Vec<f32>,
     op: Op,
 }
 
 impl Timed for HostSubject<'_> {
     fn call(&mut self, rep: usize) -> Result<(), LossError> {
         let p = &self.problems[rep % self.problems.len()];
-        match self.op {
-            Op::Forward => self.backend.forward_into(p, &mut self.loss),
-            Op::Backward => self.backend.backward_into(p, self.upstream, &mut self.grad),
-            Op::ForwardBackward => {
-                self.backend
-                    .forward_backward_into(p, self.upstream, &mut self.loss, &mut self.grad)
-            }
-        }
+        let out = match self.op {
+            Op::Forward => Outputs::new().loss(&mut self.loss),
+            Op::Backward => Outputs::new().grad(self.upstream, self.grad.view_mut()),
+            Op::ForwardBackward => Outputs::new()
+                .loss(&mut self.loss)
+                .grad(self.upstream, self.grad.view_mut()),
+        };
+        self.backend.compute(p, out)
     }
 }
 
 impl Subject for HostSubject<'_> {
     fn outputs(&mut self) -> Result<(&[f32], &[f32]), LossError> {
-        Ok((&self.loss, &self.grad))
+        self.grad_f32 = self.grad.to_f32_vec();
+        Ok((&self.loss, &self.grad_f32))
     }
 }
 
@@ -119,6 +123,7 @@ pub fn ready<'a>(
     let w = &cell.workload;
     let loss = vec![0.0f32; w.problem().loss_len()];
     let grad = vec![0.0f32; w.logits.len()];
+    let typed_grad = OwnedElems::zeros(w.logits.dtype(), w.logits.len());
     let start = std::time::Instant::now();
     let mut subject: Box<dyn Subject + 'a> = match variant {
         Variant::EndToEnd => Box::new(HostSubject {
@@ -130,7 +135,8 @@ pub fn ready<'a>(
                 .collect(),
             upstream: &cell.upstream,
             loss,
-            grad,
+            grad: typed_grad,
+            grad_f32: grad,
             op,
         }),
         Variant::Resident => {
@@ -214,7 +220,7 @@ pub fn round_of(
         }
         Ok(round)
     } else {
-        let mut calib = Calibration::new(cell.rotations(), op, instance.threads);
+        let mut calib = Calibration::new(cell.calibration_sources(), op, instance.threads);
         Ok(timing::time_round(
             budget,
             ready.subject.as_mut(),

@@ -547,13 +547,7 @@ mod tests {
 
     fn config(backend: &str, op: Op) -> Config {
         Config {
-            cell: CellSpec {
-                batch: 4,
-                classes: 50,
-                weighted: true,
-                reduction: Reduction::Mean,
-                seed: 1,
-            },
+            cell: CellSpec::plain(4, 50, true, Reduction::Mean, 1),
             backend: backend.into(),
             threads: 1,
             variant: String::new(),
@@ -612,12 +606,12 @@ mod tests {
 
     #[test]
     fn an_unknown_field_is_refused_not_ignored() {
-        let line = r#"{"cmd":"prepare","config":{"cell":{"batch":1,"classes":3,"weighted":false,"reduction":"mean","seed":0,"dtype":"bf16"},"backend":"cpu","threads":1,"variant":"","op":"forward","quick":true}}"#;
+        let line = r#"{"cmd":"prepare","config":{"cell":{"batch":1,"classes":3,"weighted":false,"reduction":"mean","seed":0,"precision":"fp8"},"backend":"cpu","threads":1,"variant":"","op":"forward","quick":true}}"#;
         let mut out = Vec::new();
         serve(format!("{line}\n").as_bytes(), &mut out).unwrap();
         let reply: Reply = serde_json::from_slice(&out).unwrap();
         assert!(
-            matches!(&reply, Reply::Error(e) if e.contains("dtype")),
+            matches!(&reply, Reply::Error(e) if e.contains("precision")),
             "{reply:?}"
         );
     }

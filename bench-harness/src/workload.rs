@@ -7,7 +7,9 @@
 
 use loss_core::conformance::Tolerance;
 use loss_core::reference;
-use loss_core::{LossOptions, Problem, Reduction, Target};
+use loss_core::{DType, Elems, LossOptions, OwnedElems, Problem, Reduction, Target};
+
+use crate::cells::CellSpec;
 
 pub use loss_core::rng::Rng;
 
@@ -18,33 +20,40 @@ pub struct Workload {
     pub shape: [usize; 2],
     /// `[N]`.
     pub target_shape: [usize; 1],
-    /// Flat logits.
-    pub logits: Vec<f32>,
+    /// Flat logits (in the cell's element type).
+    pub logits: OwnedElems,
     /// One class per row.
     pub targets: Vec<i64>,
     /// Class weights, when weighted.
     pub weight: Option<Vec<f32>>,
     /// The reduction.
     pub reduction: Reduction,
+    /// The z-loss coefficient (0: none).
+    pub z_loss: f32,
+    /// The soft-cap.
+    pub softcap: Option<f32>,
+    /// Position weights, uniform in `[0, 2)`.
+    pub position_weight: Option<Vec<f32>>,
 }
 
 impl Workload {
-    /// Generates a cell's inputs.
-    pub fn generate(
-        batch: usize,
-        classes: usize,
-        weighted: bool,
-        reduction: Reduction,
-        seed: u64,
-    ) -> Self {
+    /// Generates a cell's inputs: the `f32` values of a plain cell, rounded to the cell's type
+    /// (so that the same spec in `bf16` is the `f32` cell rounded).
+    pub fn generate(spec: &CellSpec) -> Self {
+        let (batch, classes, seed) = (spec.batch, spec.classes, spec.seed);
         let mut rng = Rng::new(seed ^ ((batch as u64) << 32) ^ classes as u64);
-        let logits = (0..batch * classes)
+        let values: Vec<f32> = (0..batch * classes)
             .map(|_| rng.unit() * 12.0 - 6.0)
             .collect();
+        let logits = OwnedElems::from_f32(spec.dtype, &values);
+        let (weighted, reduction) = (spec.weighted, spec.reduction);
         let targets = (0..batch)
             .map(|_| (rng.next_u64() % classes as u64) as i64)
             .collect();
         let weight = weighted.then(|| (0..classes).map(|_| 0.5 + rng.unit()).collect());
+        let position_weight = spec
+            .position_weights
+            .then(|| (0..batch).map(|_| 2.0 * rng.unit()).collect());
         Workload {
             shape: [batch, classes],
             target_shape: [batch],
@@ -52,22 +61,33 @@ impl Workload {
             targets,
             weight,
             reduction,
+            z_loss: spec.z_loss.map_or(0.0, |z| z.0),
+            softcap: spec.softcap.map(|a| a.0),
+            position_weight,
         }
+    }
+
+    /// The options of the workload, with `reduction`.
+    fn options(&self, reduction: Reduction) -> LossOptions<'_> {
+        LossOptions::new()
+            .maybe_weight(self.weight.as_deref())
+            .reduction(reduction)
+            .z_loss(self.z_loss)
+            .softcap(self.softcap)
+            .position_weight(self.position_weight.as_deref())
     }
 
     /// The problem over these logits.
     pub fn problem(&self) -> Problem<'_> {
-        self.problem_on(&self.logits)
+        self.problem_on(self.logits.view())
     }
 
     /// The same problem over another copy of the logits (for rotating inputs).
     ///
     /// # Panics
     /// If `logits` has the wrong length (a harness bug, not an input error).
-    pub fn problem_on<'a>(&'a self, logits: &'a [f32]) -> Problem<'a> {
-        let options = LossOptions::new()
-            .maybe_weight(self.weight.as_deref())
-            .reduction(self.reduction);
+    pub fn problem_on<'a>(&'a self, logits: Elems<'a>) -> Problem<'a> {
+        let options = self.options(self.reduction);
         let target = Target::Indices {
             data: &self.targets,
             shape: &self.target_shape,
@@ -82,8 +102,20 @@ impl Workload {
 
     /// Bytes of logits.
     pub fn bytes(&self) -> usize {
-        self.logits.len() * 4
+        self.logits.len() * self.logits.dtype().size()
     }
+}
+
+/// The tolerance of a gradient written in `dtype`: the file tolerance for `f32`, for a half type
+/// at least the type's rounding (`2⁻⁸` relative for bf16, `2⁻¹¹` for f16: the vectors'
+/// `grad_tolerance_by_dtype` are these, rounded up).
+pub fn grad_tolerance(dtype: DType, tol: Tolerance) -> Tolerance {
+    let rtol = match dtype {
+        DType::F32 => tol.rtol,
+        DType::Bf16 => tol.rtol.max(7.9e-3),
+        DType::F16 => tol.rtol.max(9.8e-4),
+    };
+    Tolerance::new(rtol, tol.atol)
 }
 
 /// The reference's answer for a workload and upstream gradient.
@@ -106,6 +138,11 @@ pub fn reference_answer(w: &Workload, upstream: &[f32], with_grad: bool) -> Refe
     let full = w.problem();
     let [batch, classes] = w.shape;
     let denominator = reference::mean_denominator(&full);
+    // The z part of a mean divides by V, not D: its gradient is the full one less the
+    // cross-entropy's, from a second run without the z-loss.
+    let z_on = w.z_loss > 0.0;
+    let valid = loss_core::formula::valid_over(&full, 0..full.positions());
+    let mut z_total = 0.0f64;
     let mut losses = Vec::with_capacity(full.loss_len());
     let mut total = 0.0f64;
     let mut grad = if with_grad {
@@ -125,39 +162,53 @@ pub fn reference_answer(w: &Workload, upstream: &[f32], with_grad: bool) -> Refe
     };
     for start in (0..batch).step_by(rows) {
         let end = (start + rows).min(batch);
-        let logits = &w.logits[start * classes..end * classes];
+        let logits = w.logits.view().slice(start * classes..end * classes);
         let shape = [end - start, classes];
         let tshape = [end - start];
-        let options = LossOptions::new()
-            .maybe_weight(w.weight.as_deref())
-            .reduction(chunk_reduction);
+        let pw = w.position_weight.as_deref().map(|s| &s[start..end]);
+        let options = w.options(chunk_reduction).position_weight(pw);
         let target = Target::Indices {
             data: &w.targets[start..end],
             shape: &tshape,
         };
         let sub = Problem::new(logits, &shape, target, options).expect("chunk of a valid problem");
-        let x: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
-        let l = reference::forward_f64(&sub, &x);
+        let x = logits.to_f64_vec();
+        let mean_z = with_grad && z_on && w.reduction == Reduction::Mean;
+        let up: Vec<f64> = match w.reduction {
+            Reduction::None => upstream[start..end].iter().map(|&g| f64::from(g)).collect(),
+            _ if mean_z => vec![1.0],
+            _ => vec![scale],
+        };
+        let a = reference::answers_f64(&sub, &x, with_grad.then_some(up.as_slice()));
         match w.reduction {
-            Reduction::None => losses.extend_from_slice(&l),
-            Reduction::Sum | Reduction::Mean => total += l[0],
+            Reduction::None => losses.extend_from_slice(&a.loss),
+            Reduction::Sum | Reduction::Mean => {
+                total += a.loss[0] - a.z_loss[0];
+                z_total += a.z_loss[0];
+            }
         }
-        if with_grad {
-            let up: Vec<f64> = match w.reduction {
-                Reduction::None => upstream[start..end].iter().map(|&g| f64::from(g)).collect(),
-                _ => vec![scale],
-            };
-            grad.extend(
-                reference::backward_f64(&sub, &x, &up)
-                    .into_iter()
-                    .map(|g| g as f32),
-            );
+        if let Some(g) = a.grad {
+            if mean_z {
+                let ce_only = Problem::new(logits, &shape, target, options.z_loss(0.0))
+                    .expect("chunk of a valid problem");
+                let ce = reference::backward_f64(&ce_only, &x, &[1.0]);
+                let g_out = f64::from(upstream[0]);
+                grad.extend(g.iter().zip(&ce).map(|(&all, &ce)| {
+                    (g_out / denominator * ce + g_out / valid * (all - ce)) as f32
+                }));
+            } else {
+                grad.extend(g.into_iter().map(|g| g as f32));
+            }
         }
     }
     match w.reduction {
         Reduction::None => {}
-        Reduction::Sum => losses.push(total),
-        Reduction::Mean => losses.push(total / denominator),
+        Reduction::Sum => losses.push(total + z_total),
+        Reduction::Mean => losses.push(if z_on {
+            total / denominator + z_total / valid
+        } else {
+            total / denominator
+        }),
     }
     ReferenceAnswer { loss: losses, grad }
 }

@@ -6,7 +6,7 @@ use bench_harness::instances::{Instance, Variant};
 use bench_harness::schema::{Op, fastest};
 use bench_harness::subject::measure_round;
 use bench_harness::timing::TimingBudget;
-use loss_core::{LossBackend, Problem, Reduction, ReferenceBackend, Result};
+use loss_core::{LossBackend, Outputs, Problem, Reduction, ReferenceBackend, Result};
 
 /// The reference, but its loss is 1% too large: fast and wrong.
 struct Skewed;
@@ -15,13 +15,14 @@ impl LossBackend for Skewed {
     fn name(&self) -> &str {
         "skewed"
     }
-    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
-        ReferenceBackend.forward_into(problem, loss)?;
-        loss.iter_mut().for_each(|l| *l *= 1.01);
+    fn compute(&self, problem: &Problem<'_>, mut out: Outputs<'_>) -> Result<()> {
+        let loss = out.loss.take();
+        ReferenceBackend.compute(problem, out)?;
+        if let Some(loss) = loss {
+            ReferenceBackend.forward_into(problem, loss)?;
+            loss.iter_mut().for_each(|l| *l *= 1.01);
+        }
         Ok(())
-    }
-    fn backward_into(&self, problem: &Problem<'_>, g: &[f32], grad: &mut [f32]) -> Result<()> {
-        ReferenceBackend.backward_into(problem, g, grad)
     }
 }
 
@@ -35,13 +36,7 @@ fn instance(name: &str, built: Built) -> Instance {
 
 #[test]
 fn disagreeing_backend_is_flagged_and_never_fastest() {
-    let spec = CellSpec {
-        batch: 8,
-        classes: 50,
-        weighted: true,
-        reduction: Reduction::Mean,
-        seed: 3,
-    };
+    let spec = CellSpec::plain(8, 50, true, Reduction::Mean, 3);
     let cell = Cell::new(spec, true, true);
     let budget = TimingBudget::for_run(true);
     let skewed = instance("skewed", Built::host(Skewed));
@@ -62,6 +57,7 @@ fn disagreeing_backend_is_flagged_and_never_fastest() {
         op: Op::Forward,
         batch: 8,
         classes: 50,
+        dtype: "f32".into(),
         threads: 1,
         elements: 400,
         median_ns: 1.0,
@@ -90,13 +86,7 @@ fn disagreeing_backend_is_flagged_and_never_fastest() {
 
 #[test]
 fn a_later_round_must_reproduce_the_bits() {
-    let spec = CellSpec {
-        batch: 4,
-        classes: 30,
-        weighted: false,
-        reduction: Reduction::Sum,
-        seed: 5,
-    };
+    let spec = CellSpec::plain(4, 30, false, Reduction::Sum, 5);
     let budget = TimingBudget::for_run(true);
     let cpu = instance("cpu", Built::host(loss_cpu::CpuBackend::new()));
     let with_reference = Cell::new(spec, true, true);

@@ -1,13 +1,15 @@
 //! The [`LossBackend`] trait: what every compute backend provides.
 
 use crate::error::Result;
-use crate::problem::{Problem, ProblemData};
+use crate::problem::{Outputs, Problem, ProblemData};
 use crate::tolerance::Tolerance;
 
 /// A cross-entropy implementation. Object safe: the harness holds `Box<dyn LossBackend>`.
 ///
-/// Three methods are required; the fused and allocating variants have default bodies built from
-/// them, which a backend overrides when it can do better (a fused single pass, say).
+/// Two methods are required: [`LossBackend::name`] and [`LossBackend::compute`], which writes
+/// whatever an [`Outputs`] asks for (loss, per-position LSE, z-loss part, gradient in `f32` or in
+/// a half type) from as few passes over the logits as the backend can manage. The forward,
+/// backward and fused entry points are thin wrappers over it.
 ///
 /// Contract for every method:
 /// - The buffers are checked first ([`Problem::check_loss_buffer`], [`Problem::check_backward`]);
@@ -23,18 +25,28 @@ pub trait LossBackend: Send + Sync {
     /// Short stable name for reports and flags (`reference`, `cpu`, `rayon`, `wgpu`, …).
     fn name(&self) -> &str;
 
-    /// Writes the loss into `loss`.
-    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()>;
+    /// Writes every output `out` requests. Checks the buffers first
+    /// ([`Problem::check_outputs`]); a combination the backend cannot do is a
+    /// [`crate::LossError::Unsupported`] (nothing written).
+    fn compute(&self, problem: &Problem<'_>, out: Outputs<'_>) -> Result<()>;
 
-    /// Writes the gradient with respect to the logits, for upstream gradient `grad_output`.
+    /// Writes the loss into `loss`.
+    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
+        self.compute(problem, Outputs::new().loss(loss))
+    }
+
+    /// Writes the gradient with respect to the logits (in `f32`), for upstream gradient
+    /// `grad_output`.
     fn backward_into(
         &self,
         problem: &Problem<'_>,
         grad_output: &[f32],
         grad: &mut [f32],
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.compute(problem, Outputs::new().grad(grad_output, grad))
+    }
 
-    /// Writes the loss and the gradient in one call. The default runs forward then backward.
+    /// Writes the loss and the gradient (in `f32`) in one call.
     fn forward_backward_into(
         &self,
         problem: &Problem<'_>,
@@ -42,10 +54,7 @@ pub trait LossBackend: Send + Sync {
         loss: &mut [f32],
         grad: &mut [f32],
     ) -> Result<()> {
-        problem.check_loss_buffer(loss)?;
-        problem.check_backward(grad_output, grad)?;
-        self.forward_into(problem, loss)?;
-        self.backward_into(problem, grad_output, grad)
+        self.compute(problem, Outputs::new().loss(loss).grad(grad_output, grad))
     }
 
     /// The loss, in a new vector.
@@ -58,7 +67,7 @@ pub trait LossBackend: Send + Sync {
     /// The gradient, in a new vector.
     fn backward(&self, problem: &Problem<'_>, grad_output: &[f32]) -> Result<Vec<f32>> {
         problem.check_grad_output(grad_output)?;
-        let mut grad = vec![0.0; problem.logits().len()];
+        let mut grad = vec![0.0; problem.len()];
         self.backward_into(problem, grad_output, &mut grad)?;
         Ok(grad)
     }
@@ -71,7 +80,7 @@ pub trait LossBackend: Send + Sync {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         problem.check_grad_output(grad_output)?;
         let mut loss = vec![0.0; problem.loss_len()];
-        let mut grad = vec![0.0; problem.logits().len()];
+        let mut grad = vec![0.0; problem.len()];
         self.forward_backward_into(problem, grad_output, &mut loss, &mut grad)?;
         Ok((loss, grad))
     }
@@ -100,6 +109,9 @@ macro_rules! forward_backend_impl {
         impl<B: LossBackend + ?Sized> LossBackend for $ptr {
             fn name(&self) -> &str {
                 (**self).name()
+            }
+            fn compute(&self, problem: &Problem<'_>, out: Outputs<'_>) -> Result<()> {
+                (**self).compute(problem, out)
             }
             fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
                 (**self).forward_into(problem, loss)

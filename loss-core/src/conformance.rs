@@ -1,7 +1,11 @@
 //! The conformance kit: reads vector files, runs any backend on every case, and reports.
 //!
-//! A vector file (`conformance/vectors.json` in this crate is the vendored one; the format is
-//! described in `conformance/README.md`) holds cases with float32 inputs and the float64 answer.
+//! A vector file (`conformance/vectors.json` and `conformance/vectors-v2.json` in this crate are
+//! the vendored ones; the formats are described in `conformance/README.md`) holds cases with
+//! exact inputs (float32, or in format 2 also bfloat16 and float16) and the float64 answer.
+//! Format 2 adds soft-capping, z-loss, position weights, the per-position LSE and the z-loss part
+//! as outputs, and a tolerance for gradients written in a half type; a format-1 file reads as a
+//! format-2 file whose new fields have their defaults.
 //! Every file of that format goes through the same code path: nothing here looks at a case's
 //! name. Inputs are read leniently (error cases are malformed on purpose) and validated by
 //! [`Problem::new`](crate::Problem::new), so the kit tests the library's validation too.
@@ -19,8 +23,9 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use crate::backend::LossBackend;
+use crate::dtype::{DType, OwnedElems};
 use crate::error::{ErrorKind, LossError};
-use crate::problem::{OwnedTarget, ProblemData, Reduction, shape_from_i64};
+use crate::problem::{Outputs, OwnedTarget, ProblemData, Reduction, shape_from_i64};
 
 pub use crate::tolerance::{DEFAULT_TOLERANCE, Tolerance};
 
@@ -67,6 +72,10 @@ pub enum Expected {
         loss_shape: Vec<usize>,
         /// The gradient with respect to the logits, when given.
         grad: Option<Vec<f64>>,
+        /// The per-position LSE (format 2), when given.
+        lse: Option<Vec<f64>>,
+        /// The z-loss part of the loss (format 2, `z > 0`), when given.
+        z_loss: Option<Vec<f64>>,
     },
     /// An error of this kind.
     Error(ErrorKind),
@@ -97,27 +106,46 @@ pub struct VectorFile {
     pub generator: String,
     /// The file-level tolerance.
     pub tolerance: Tolerance,
+    /// The tolerance of a gradient written in a half type (format 2's
+    /// `grad_tolerance_by_dtype`); a type not listed uses [`VectorFile::tolerance`].
+    pub grad_tolerance_by_dtype: Vec<(DType, Tolerance)>,
     /// The cases, in file order.
     pub cases: Vec<Case>,
 }
 
-/// The format tag this kit reads.
+/// The format-1 tag.
 pub const FORMAT_TAG: &str = "cross-entropy-conformance/1";
+/// The format-2 tag (a superset of format 1).
+pub const FORMAT_TAG_V2: &str = "cross-entropy-conformance/2";
 
-/// The path of the vendored vector file (`LOSS_VECTORS` in the environment overrides it).
-pub fn vendored_vectors_path() -> PathBuf {
-    std::env::var_os("LOSS_VECTORS").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/vectors.json"),
-        PathBuf::from,
-    )
+/// The paths of the vendored vector files, format 1 then format 2 (`LOSS_VECTORS` in the
+/// environment, a list separated like `PATH`, replaces them).
+pub fn vendored_vectors_paths() -> Vec<PathBuf> {
+    match std::env::var_os("LOSS_VECTORS") {
+        Some(v) => std::env::split_paths(&v).collect(),
+        None => ["vectors.json", "vectors-v2.json"]
+            .iter()
+            .map(|f| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("conformance")
+                    .join(f)
+            })
+            .collect(),
+    }
 }
 
-/// The vendored vectors, parsed once per process.
-pub fn vendored_vectors() -> Result<&'static VectorFile, &'static FormatError> {
-    static VECTORS: OnceLock<Result<VectorFile, FormatError>> = OnceLock::new();
+/// The vendored vector files, parsed once per process.
+pub fn vendored_vectors() -> Result<&'static [VectorFile], &'static FormatError> {
+    static VECTORS: OnceLock<Result<Vec<VectorFile>, FormatError>> = OnceLock::new();
     VECTORS
-        .get_or_init(|| VectorFile::load(&vendored_vectors_path()))
+        .get_or_init(|| {
+            vendored_vectors_paths()
+                .iter()
+                .map(|p| VectorFile::load(p))
+                .collect()
+        })
         .as_ref()
+        .map(Vec::as_slice)
 }
 
 fn number(v: &Value) -> Option<f64> {
@@ -203,23 +231,38 @@ impl VectorFile {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        if format != FORMAT_TAG {
-            return Err(top.err(format!("format is {format:?}, expected {FORMAT_TAG:?}")));
+        if format != FORMAT_TAG && format != FORMAT_TAG_V2 {
+            return Err(top.err(format!(
+                "format is {format:?}, expected {FORMAT_TAG:?} or {FORMAT_TAG_V2:?}"
+            )));
         }
         let generator = root
             .get("generator")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let tol = top.field(&root, "tolerance")?;
-        let tolerance = Tolerance::new(
-            top.field(tol, "rtol")?
-                .as_f64()
-                .ok_or_else(|| top.err("rtol is not a number"))?,
-            top.field(tol, "atol")?
-                .as_f64()
-                .ok_or_else(|| top.err("atol is not a number"))?,
-        );
+        let read_tol = |tol: &Value| -> Result<Tolerance, FormatError> {
+            Ok(Tolerance::new(
+                top.field(tol, "rtol")?
+                    .as_f64()
+                    .ok_or_else(|| top.err("rtol is not a number"))?,
+                top.field(tol, "atol")?
+                    .as_f64()
+                    .ok_or_else(|| top.err("atol is not a number"))?,
+            ))
+        };
+        let tolerance = read_tol(top.field(&root, "tolerance")?)?;
+        let mut grad_tolerance_by_dtype = Vec::new();
+        if let Some(by) = root
+            .get("grad_tolerance_by_dtype")
+            .and_then(Value::as_object)
+        {
+            for (name, tol) in by {
+                let dtype =
+                    DType::parse(name).ok_or_else(|| top.err(format!("unknown dtype {name:?}")))?;
+                grad_tolerance_by_dtype.push((dtype, read_tol(tol)?));
+            }
+        }
         let cases = top
             .field(&root, "cases")?
             .as_array()
@@ -239,8 +282,17 @@ impl VectorFile {
             format,
             generator,
             tolerance,
+            grad_tolerance_by_dtype,
             cases,
         })
+    }
+
+    /// The tolerance of a gradient written in `dtype`.
+    pub fn grad_tolerance(&self, dtype: DType) -> Tolerance {
+        self.grad_tolerance_by_dtype
+            .iter()
+            .find(|(d, _)| *d == dtype)
+            .map_or(self.tolerance, |&(_, t)| t)
     }
 
     fn parse_case(r: &CaseReader<'_>) -> Result<Case, FormatError> {
@@ -264,6 +316,14 @@ impl VectorFile {
                     Some(g) => Some(r.numbers(g, "grad_logits")?),
                     None => None,
                 },
+                lse: match expected_v.get("lse") {
+                    Some(g) => Some(r.numbers(g, "lse")?),
+                    None => None,
+                },
+                z_loss: match expected_v.get("z_loss") {
+                    Some(g) => Some(r.numbers(g, "z_loss")?),
+                    None => None,
+                },
             }
         };
         let grad_output = match case.get("grad_output") {
@@ -283,14 +343,22 @@ impl VectorFile {
     #[allow(clippy::type_complexity)] // a nested Result is the clearest statement of two layers
     fn parse_input(r: &CaseReader<'_>) -> Result<Result<ProblemData, LossError>, FormatError> {
         let case = r.case;
-        let logits = r.floats(r.field(case, "logits")?, "logits")?;
+        let dtype = match case.get("dtype") {
+            None | Some(Value::Null) => DType::F32,
+            Some(v) => {
+                let name = v.as_str().unwrap_or_default();
+                DType::parse(name).ok_or_else(|| r.err(format!("unknown dtype {name:?}")))?
+            }
+        };
+        // Parsed as f32 first (the file's numbers are f32 values), then converted (exactly).
+        let logits = OwnedElems::from_f32(dtype, &r.floats(r.field(case, "logits")?, "logits")?);
         let shape = r.ints(r.field(case, "shape")?, "shape")?;
         let target_v = r.field(case, "target")?;
         let target_shape = r.ints(r.field(target_v, "shape")?, "target.shape")?;
         let target = if let Some(idx) = target_v.get("indices") {
             OwnedTarget::Indices(r.ints(idx, "target.indices")?)
         } else if let Some(p) = target_v.get("probs") {
-            OwnedTarget::Probs(r.floats(p, "target.probs")?)
+            OwnedTarget::Probs(OwnedElems::from_f32(dtype, &r.floats(p, "target.probs")?))
         } else {
             return Err(r.err("target has neither indices nor probs"));
         };
@@ -312,6 +380,18 @@ impl VectorFile {
             None | Some(Value::Null) => 0.0,
             Some(v) => number(v).ok_or_else(|| r.err("label_smoothing is not a number"))? as f32,
         };
+        let z_loss = match case.get("z_loss") {
+            None | Some(Value::Null) => 0.0,
+            Some(v) => number(v).ok_or_else(|| r.err("z_loss is not a number"))? as f32,
+        };
+        let softcap = match case.get("softcap") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(number(v).ok_or_else(|| r.err("softcap is not a number"))? as f32),
+        };
+        let position_weight = match case.get("position_weight") {
+            None | Some(Value::Null) => None,
+            Some(w) => Some(r.floats(w, "position_weight")?),
+        };
         let inner = (|| {
             Ok(ProblemData {
                 logits,
@@ -322,6 +402,9 @@ impl VectorFile {
                 ignore_index,
                 reduction: Reduction::parse(reduction)?,
                 label_smoothing,
+                z_loss,
+                softcap,
+                position_weight,
             })
         })();
         Ok(inner)
@@ -462,8 +545,28 @@ fn compare(
     Ok(())
 }
 
-/// Runs one case on a backend, with the given tolerance.
-pub fn run_case(backend: &dyn LossBackend, case: &Case, tol: Tolerance) -> CaseReport {
+/// The tolerances a case is judged with: the file's (losses, LSE, z-loss, `f32` gradients) and
+/// the one for a gradient written in the case's half type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CaseTolerance {
+    /// Everything but a half-typed gradient.
+    pub values: Tolerance,
+    /// A gradient written in the logits' half type.
+    pub half_grad: Tolerance,
+}
+
+impl CaseTolerance {
+    /// One tolerance for everything.
+    pub fn uniform(t: Tolerance) -> Self {
+        CaseTolerance {
+            values: t,
+            half_grad: t,
+        }
+    }
+}
+
+/// Runs one case on a backend, with the given tolerances.
+pub fn run_case(backend: &dyn LossBackend, case: &Case, tol: CaseTolerance) -> CaseReport {
     let verdict = guarded(|| judge(backend, case, tol)).unwrap_or_else(|m| (Err(m), None));
     let (result, worst) = verdict;
     let (passed, message) = match result {
@@ -480,7 +583,44 @@ pub fn run_case(backend: &dyn LossBackend, case: &Case, tol: Tolerance) -> CaseR
 
 type Verdict = (Result<Option<String>, String>, Option<Worst>);
 
-fn judge(backend: &dyn LossBackend, case: &Case, tol: Tolerance) -> Verdict {
+/// What one call of a case gave back.
+struct Got {
+    loss: Vec<f32>,
+    lse: Vec<f32>,
+    z_loss: Vec<f32>,
+    grad: Option<Vec<f32>>,
+}
+
+/// Runs `compute` asking for everything: the loss, LSE and z-loss part when `forward`, the
+/// gradient (in `grad_dtype`) when `upstream` is given.
+fn call(
+    backend: &dyn LossBackend,
+    problem: &crate::Problem<'_>,
+    forward: bool,
+    upstream: Option<(&[f32], DType)>,
+) -> crate::Result<Got> {
+    let n = problem.loss_len();
+    let mut loss = vec![0.0; n];
+    let mut lse = vec![0.0; problem.positions()];
+    let mut z_loss = vec![0.0; n];
+    let mut grad = upstream.map(|(_, d)| OwnedElems::zeros(d, problem.len()));
+    let mut out = Outputs::new();
+    if forward {
+        out = out.loss(&mut loss).lse(&mut lse).z_loss(&mut z_loss);
+    }
+    if let (Some((g, _)), Some(buf)) = (upstream, grad.as_mut()) {
+        out = out.grad(g, buf.view_mut());
+    }
+    backend.compute(problem, out)?;
+    Ok(Got {
+        loss,
+        lse,
+        z_loss,
+        grad: grad.map(|g| g.to_f32_vec()),
+    })
+}
+
+fn judge(backend: &dyn LossBackend, case: &Case, tol: CaseTolerance) -> Verdict {
     let problem = match &case.input {
         Ok(data) => data.problem(),
         Err(e) => Err(e.clone()),
@@ -491,6 +631,8 @@ fn judge(backend: &dyn LossBackend, case: &Case, tol: Tolerance) -> Verdict {
             loss,
             loss_shape,
             grad,
+            lse,
+            z_loss,
         } => {
             let problem = match problem {
                 Ok(p) => p,
@@ -510,24 +652,50 @@ fn judge(backend: &dyn LossBackend, case: &Case, tol: Tolerance) -> Verdict {
                 (None, Reduction::None) => vec![1.0; problem.loss_len()],
                 (_, Reduction::Sum | Reduction::Mean) => vec![1.0],
             };
+            let dtype = problem.dtype();
             let mut worst = None;
             let result = (|| {
-                let l = backend
-                    .forward(&problem)
-                    .map_err(|e| format!("forward: {e}"))?;
-                compare("forward", "loss", &l, loss, tol, &mut worst)?;
+                let check_forward = |name: &'static str,
+                                     got: &Got,
+                                     worst: &mut Option<Worst>|
+                 -> Result<(), String> {
+                    compare(name, "loss", &got.loss, loss, tol.values, worst)?;
+                    if let Some(e) = lse {
+                        compare(name, "lse", &got.lse, e, tol.values, worst)?;
+                    }
+                    if let Some(e) = z_loss {
+                        compare(name, "z_loss", &got.z_loss, e, tol.values, worst)?;
+                    }
+                    Ok(())
+                };
+                let got =
+                    call(backend, &problem, true, None).map_err(|e| format!("forward: {e}"))?;
+                check_forward("forward", &got, &mut worst)?;
+                // The gradient in the logits' type (PyTorch's behaviour), alone and fused; for
+                // half logits also in f32, which the file's tolerance holds.
+                let grad_tol = if dtype.is_half() {
+                    tol.half_grad
+                } else {
+                    tol.values
+                };
                 if let Some(grad) = grad {
-                    let g = backend
-                        .backward(&problem, &upstream)
+                    let got = call(backend, &problem, false, Some((&upstream, dtype)))
                         .map_err(|e| format!("backward: {e}"))?;
-                    compare("backward", "grad", &g, grad, tol, &mut worst)?;
+                    let g = got.grad.as_deref().unwrap_or_default();
+                    compare("backward", "grad", g, grad, grad_tol, &mut worst)?;
                 }
-                let (l, g) = backend
-                    .forward_backward(&problem, &upstream)
-                    .map_err(|e| format!("forward_backward: {e}"))?;
-                compare("forward_backward", "loss", &l, loss, tol, &mut worst)?;
-                if let Some(grad) = grad {
-                    compare("forward_backward", "grad", &g, grad, tol, &mut worst)?;
+                let mut fused = vec![("forward_backward", dtype, grad_tol)];
+                if dtype.is_half() {
+                    fused.push(("forward_backward_f32", DType::F32, tol.values));
+                }
+                for (name, grad_dtype, t) in fused {
+                    let got = call(backend, &problem, true, Some((&upstream, grad_dtype)))
+                        .map_err(|e| format!("{name}: {e}"))?;
+                    check_forward(name, &got, &mut worst)?;
+                    if let Some(grad) = grad {
+                        let g = got.grad.as_deref().unwrap_or_default();
+                        compare(name, "grad", g, grad, t, &mut worst)?;
+                    }
                 }
                 match &worst {
                     Some(w) if w.excess > 1.0 => Err("outside tolerance".to_string()),
@@ -564,19 +732,15 @@ fn judge_error(
     // the wrong length is not the forward pass's business), so both calls that take every input
     // must return it.
     let mut note = None;
-    for (call, outcome) in [
-        (
-            "backward",
-            backend.backward(&problem, &upstream).map(|_| ()),
-        ),
-        (
-            "forward_backward",
-            backend.forward_backward(&problem, &upstream).map(|_| ()),
-        ),
-    ] {
-        match outcome {
-            Ok(()) => return Err(format!("{call} returned numbers, expected {kind}")),
-            Err(e) => note = check(call, e)?,
+    for (name, forward) in [("backward", false), ("forward_backward", true)] {
+        match call(
+            backend,
+            &problem,
+            forward,
+            Some((&upstream, problem.dtype())),
+        ) {
+            Ok(_) => return Err(format!("{name} returned numbers, expected {kind}")),
+            Err(e) => note = check(name, e)?,
         }
     }
     Ok(note)
@@ -592,18 +756,33 @@ pub fn run_file(backend: &dyn LossBackend, file: &VectorFile) -> Report {
         cases: file
             .cases
             .iter()
-            .map(|c| run_case(backend, c, tolerance))
+            .map(|c| {
+                let half_grad = match &c.input {
+                    Ok(d) => backend.tolerance(file.grad_tolerance(d.logits.dtype())),
+                    Err(_) => tolerance,
+                };
+                run_case(
+                    backend,
+                    c,
+                    CaseTolerance {
+                        values: tolerance,
+                        half_grad,
+                    },
+                )
+            })
             .collect(),
     }
 }
 
-/// Runs the vendored vectors on a backend and panics with the report if any case fails: the
-/// one line a backend crate's test needs.
+/// Runs the vendored vectors (both files) on a backend and panics with the report if any case
+/// fails: the one line a backend crate's test needs.
 ///
 /// # Panics
 /// When the vectors cannot be read or a case fails.
 pub fn assert_conformance(backend: &dyn LossBackend) {
-    let file = vendored_vectors().unwrap_or_else(|e| panic!("vendored vectors: {e}"));
-    let report = run_file(backend, file);
-    assert!(report.passed(), "{report}");
+    let files = vendored_vectors().unwrap_or_else(|e| panic!("vendored vectors: {e}"));
+    for file in files {
+        let report = run_file(backend, file);
+        assert!(report.passed(), "{report}");
+    }
 }

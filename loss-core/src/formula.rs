@@ -120,84 +120,106 @@ pub fn valid_class(target: i64, ignore_index: i64) -> Option<usize> {
     (target != ignore_index).then_some(target as usize)
 }
 
-/// A position's contribution to the mean's denominator `D`: `w[y_i]` for a valid index target,
-/// 0 for an ignored one, 1 for a probability target (whose mean divides by `P`).
-pub fn denominator_term(problem: &Problem<'_>, position: usize) -> f64 {
-    denominator_term_of(
-        problem.target(),
-        problem.ignore_index(),
-        problem.weight(),
-        position,
-    )
+/// The parts of a problem its denominators depend on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DenominatorParts<'a> {
+    /// The target.
+    pub target: TargetData<'a>,
+    /// `ignore_index`.
+    pub ignore_index: i64,
+    /// Class weights.
+    pub weight: Option<&'a [f32]>,
+    /// Position weights `s_i`.
+    pub position_weight: Option<&'a [f32]>,
 }
 
-/// [`denominator_term`] from a problem's parts (for callers that hold them without the problem,
-/// such as an in-place kernel).
-pub fn denominator_term_of(
-    target: TargetData<'_>,
-    ignore_index: i64,
-    weight: Option<&[f32]>,
-    position: usize,
-) -> f64 {
-    match target {
-        TargetData::Indices(y) => valid_class(y[position], ignore_index)
-            .map_or(0.0, |c| weight.map_or(1.0, |w| f64::from(w[c]))),
-        TargetData::Probs(_) => 1.0,
+impl<'a> DenominatorParts<'a> {
+    /// The parts of a validated problem.
+    pub fn of(problem: &Problem<'a>) -> Self {
+        let o = problem.options();
+        DenominatorParts {
+            target: problem.target(),
+            ignore_index: o.ignore_index,
+            weight: o.weight,
+            position_weight: o.position_weight,
+        }
     }
-}
 
-/// `D` over a range of positions: [`denominator_term_of`] of each, added in a fixed order (four
-/// running sums by position modulo 4, then added in order; four independent additions per step
-/// instead of one long dependent chain). Backends that split `D` into parts add the parts in a
-/// fixed order of their own, so that their bits do not depend on threads.
-pub fn denominator_over(problem: &Problem<'_>, positions: Range<usize>) -> f64 {
-    denominator_over_parts(
-        problem.target(),
-        problem.ignore_index(),
-        problem.weight(),
-        positions,
-    )
-}
+    /// The parts of the z-loss's denominator `V = Σ_{valid i} s_i`: `D`'s without class weights.
+    pub fn valid(self) -> Self {
+        DenominatorParts {
+            weight: None,
+            ..self
+        }
+    }
 
-/// [`denominator_over`] from a problem's parts.
-pub fn denominator_over_parts(
-    target: TargetData<'_>,
-    ignore_index: i64,
-    weight: Option<&[f32]>,
-    positions: Range<usize>,
-) -> f64 {
-    let mut sums = [0.0f64; 4];
-    match target {
-        // Without branches on the target (ignored positions add an exact 0); position k goes to
-        // sum k mod 4, four at a time so that the sums stay in registers.
-        TargetData::Indices(y) => {
-            let term = |t: i64| match (valid_class(t, ignore_index), weight) {
-                (None, _) => 0.0,
-                (Some(_), None) => 1.0,
-                (Some(c), Some(w)) => f64::from(w[c]),
-            };
-            let y = &y[positions];
-            let quads = y.chunks_exact(4);
-            let rest = quads.remainder();
-            for q in quads {
-                for (s, &t) in sums.iter_mut().zip(q) {
+    /// A position's contribution to the mean's denominator `D`: `s_i·w[y_i]` for a valid index
+    /// target, 0 for an ignored one, `s_i` for a probability target (whose mean divides by
+    /// `Σ s_i`, `P` without position weights).
+    pub fn term(&self, position: usize) -> f64 {
+        let s = self.position_weight.map_or(1.0, |s| f64::from(s[position]));
+        match self.target {
+            TargetData::Indices(y) => valid_class(y[position], self.ignore_index)
+                .map_or(0.0, |c| s * self.weight.map_or(1.0, |w| f64::from(w[c]))),
+            TargetData::Probs(_) => s,
+        }
+    }
+
+    /// The denominator over a range of positions: [`DenominatorParts::term`] of each, added in
+    /// a fixed order (four running sums by position modulo 4, then added in order; four
+    /// independent additions per step instead of one long dependent chain). Backends that split
+    /// it into parts add the parts in a fixed order of their own, so that their bits do not
+    /// depend on threads.
+    pub fn over(&self, positions: Range<usize>) -> f64 {
+        let mut sums = [0.0f64; 4];
+        match (self.target, self.position_weight) {
+            // Without branches on the target (ignored positions add an exact 0); position k goes
+            // to sum k mod 4, four at a time so that the sums stay in registers.
+            (TargetData::Indices(y), None) => {
+                let (ignore_index, weight) = (self.ignore_index, self.weight);
+                let term = |t: i64| match (valid_class(t, ignore_index), weight) {
+                    (None, _) => 0.0,
+                    (Some(_), None) => 1.0,
+                    (Some(c), Some(w)) => f64::from(w[c]),
+                };
+                let y = &y[positions];
+                let quads = y.chunks_exact(4);
+                let rest = quads.remainder();
+                for q in quads {
+                    for (s, &t) in sums.iter_mut().zip(q) {
+                        *s += term(t);
+                    }
+                }
+                for (s, &t) in sums.iter_mut().zip(rest) {
                     *s += term(t);
                 }
             }
-            for (s, &t) in sums.iter_mut().zip(rest) {
-                *s += term(t);
+            (TargetData::Probs(_), None) => {
+                let n = positions.len();
+                for (k, s) in sums.iter_mut().enumerate() {
+                    // The count of positions p < n with p mod 4 = k: what adding 1 per position
+                    // gives, exactly (counts below 2^53 are exact in f64).
+                    *s = n.saturating_sub(k).div_ceil(4) as f64;
+                }
+            }
+            (_, Some(_)) => {
+                for (k, p) in positions.enumerate() {
+                    sums[k % 4] += self.term(p);
+                }
             }
         }
-        TargetData::Probs(_) => {
-            let n = positions.len();
-            for (k, s) in sums.iter_mut().enumerate() {
-                // The count of positions p < n with p mod 4 = k: what adding 1 per position
-                // gives, exactly (counts below 2^53 are exact in f64).
-                *s = n.saturating_sub(k).div_ceil(4) as f64;
-            }
-        }
+        (sums[0] + sums[1]) + (sums[2] + sums[3])
     }
-    (sums[0] + sums[1]) + (sums[2] + sums[3])
+}
+
+/// `D` of a problem over a range of positions ([`DenominatorParts::over`]).
+pub fn denominator_over(problem: &Problem<'_>, positions: Range<usize>) -> f64 {
+    DenominatorParts::of(problem).over(positions)
+}
+
+/// `V = Σ_{valid i} s_i` over a range of positions: the z-loss's denominator for `mean`.
+pub fn valid_over(problem: &Problem<'_>, positions: Range<usize>) -> f64 {
+    DenominatorParts::of(problem).valid().over(positions)
 }
 
 /// The upstream gradient as the kernels see it: `s_i` of [the gradient](crate#the-gradient).
@@ -231,6 +253,32 @@ pub fn grad_scale(reduction: Reduction, grad_output: &[f32], denominator: f64) -
         Reduction::Sum => GradScale::Uniform(grad_output[0]),
         Reduction::Mean => GradScale::Uniform((f64::from(grad_output[0]) / denominator) as f32),
     }
+}
+
+/// The soft-capped logit `a·tanh(x/a)` (in `f64`; kernels evaluate it their own way within the
+/// bound they state).
+pub fn softcap(x: f64, a: f64) -> f64 {
+    a * (x / a).tanh()
+}
+
+/// The chain-rule factor of the soft-cap: `d(a·tanh(x/a))/dx = 1 − tanh²(x/a)`, written through
+/// the capped value `x̃` as `1 − (x̃/a)²`.
+pub fn softcap_slope(capped: f64, a: f64) -> f64 {
+    let t = capped / a;
+    1.0 - t * t
+}
+
+/// The z-loss of a valid position: `z·s_i·LSE²`. Callers leave it out entirely when `z = 0`
+/// (so that a NaN LSE of a masked row does not become `0·NaN`).
+pub fn z_part(z: f64, position_weight: f64, lse: f64) -> f64 {
+    z * position_weight * lse * lse
+}
+
+/// The z-loss's gradient coefficient of `p[c]` at a valid position: `∂(z·s_i·LSE²)/∂x[c] =
+/// 2·z·s_i·LSE·p[c]`, times the z part's upstream scale (`g/V` for mean). Added to the
+/// cross-entropy's coefficient `a` of `p[c]`.
+pub fn z_coefficient(z_scale: f64, z: f64, position_weight: f64, lse: f64) -> f64 {
+    z_scale * 2.0 * z * position_weight * lse
 }
 
 /// The reduced loss from the sum of the per-position losses: the sum itself, or for `mean` the

@@ -72,6 +72,7 @@
 mod backend;
 pub mod conformance;
 mod device;
+pub mod dtype;
 mod error;
 pub mod formula;
 mod problem;
@@ -83,10 +84,11 @@ mod tolerance;
 
 pub use backend::LossBackend;
 pub use device::{DeviceBackend, ResidentProblem};
+pub use dtype::{DType, Element, Elems, ElemsMut, OwnedElems, bf16, f16};
 pub use error::{ErrorKind, LossError, Result};
 pub use problem::{
-    DEFAULT_IGNORE_INDEX, Layout, LossOptions, NdTarget, OwnedTarget, Problem, ProblemData,
-    Reduction, Target, TargetData, shape_from_i64,
+    DEFAULT_IGNORE_INDEX, GradRequest, Layout, LossOptions, NdTarget, Outputs, OwnedTarget,
+    Problem, ProblemData, Reduction, Target, TargetData, shape_from_i64,
 };
 pub use reference::ReferenceBackend;
 pub use tolerance::{DEFAULT_TOLERANCE, Tolerance};

@@ -7,6 +7,7 @@
 
 use ndarray::{ArrayView, ArrayViewD, Dimension};
 
+use crate::dtype::{DType, Element, Elems, ElemsMut, OwnedElems};
 use crate::error::{LossError, Result};
 
 /// PyTorch's default `ignore_index`.
@@ -70,6 +71,13 @@ pub struct LossOptions<'a> {
     pub reduction: Reduction,
     /// Label smoothing `ε`, in `[0, 1]`.
     pub label_smoothing: f32,
+    /// The z-loss coefficient `z ≥ 0` (PaLM uses `1e-4`): each valid position adds
+    /// `z·s_i·LSE_i²`. 0 leaves the term out entirely.
+    pub z_loss: f32,
+    /// The logit soft-cap `a > 0` (Gemma 2 uses 30): logits become `a·tanh(x/a)` first.
+    pub softcap: Option<f32>,
+    /// Per-position (token) weights `s_i`, `P` values in position order; `None` for all ones.
+    pub position_weight: Option<&'a [f32]>,
 }
 
 impl Default for LossOptions<'_> {
@@ -79,6 +87,9 @@ impl Default for LossOptions<'_> {
             ignore_index: DEFAULT_IGNORE_INDEX,
             reduction: Reduction::Mean,
             label_smoothing: 0.0,
+            z_loss: 0.0,
+            softcap: None,
+            position_weight: None,
         }
     }
 }
@@ -113,6 +124,26 @@ impl<'a> LossOptions<'a> {
         self.label_smoothing = label_smoothing;
         self
     }
+    /// Sets the z-loss coefficient.
+    pub fn z_loss(mut self, z: f32) -> Self {
+        self.z_loss = z;
+        self
+    }
+    /// Sets the logit soft-cap, or none.
+    pub fn softcap(mut self, cap: Option<f32>) -> Self {
+        self.softcap = cap;
+        self
+    }
+    /// Sets per-position weights, or none.
+    pub fn position_weight(mut self, weights: Option<&'a [f32]>) -> Self {
+        self.position_weight = weights;
+        self
+    }
+    /// Whether any of the extensions beyond PyTorch's `cross_entropy` is on (z-loss,
+    /// soft-capping, position weights).
+    pub fn has_extensions(&self) -> bool {
+        self.z_loss != 0.0 || self.softcap.is_some() || self.position_weight.is_some()
+    }
 }
 
 /// An unvalidated target: flat data plus the shape it claims to have.
@@ -125,10 +156,10 @@ pub enum Target<'a> {
         /// Their shape.
         shape: &'a [usize],
     },
-    /// Class probabilities, the logits' shape.
+    /// Class probabilities, the logits' shape and element type.
     Probs {
         /// Flat row-major probabilities.
-        data: &'a [f32],
+        data: Elems<'a>,
         /// Their shape.
         shape: &'a [usize],
     },
@@ -139,17 +170,17 @@ pub enum Target<'a> {
 pub enum TargetData<'a> {
     /// One class index per position (valid or `ignore_index`).
     Indices(&'a [i64]),
-    /// One probability per logit, laid out like the logits.
-    Probs(&'a [f32]),
+    /// One probability per logit, laid out like the logits, in the logits' element type.
+    Probs(Elems<'a>),
 }
 
-/// A target given as ndarray views.
+/// A target given as ndarray views (probabilities in the logits' element type `T`).
 #[derive(Debug, Clone)]
-pub enum NdTarget<'a> {
+pub enum NdTarget<'a, T = f32> {
     /// Class indices.
     Indices(ArrayViewD<'a, i64>),
     /// Class probabilities.
-    Probs(ArrayViewD<'a, f32>),
+    Probs(ArrayViewD<'a, T>),
 }
 
 /// Where the logits of a position live: logits are `(batch, classes, inner)` in row-major order,
@@ -191,7 +222,7 @@ impl Layout {
 /// A validated cross-entropy problem: logits, target and options, borrowed from the caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem<'a> {
-    logits: &'a [f32],
+    logits: Elems<'a>,
     shape: Vec<usize>,
     layout: Layout,
     target: TargetData<'a>,
@@ -215,14 +246,18 @@ impl<'a> Problem<'a> {
     ///
     /// Errors, checked in this order: [`LossError::ShapeMismatch`] (logits, weight, target
     /// shapes and lengths), [`LossError::InvalidOption`] (smoothing outside `[0, 1]` or not
-    /// finite; a non-negative `ignore_index` with probability targets), then
+    /// finite; a non-negative `ignore_index` with probability targets; a z-loss coefficient
+    /// negative or not finite; a soft-cap not finite and positive), then
     /// [`LossError::InvalidTarget`] (an index outside `[0, C)` that is not `ignore_index`).
+    /// Shapes include the position weights (`P` values) and the probability targets' element
+    /// type (the logits').
     pub fn new(
-        logits: &'a [f32],
+        logits: impl Into<Elems<'a>>,
         shape: &[usize],
         target: Target<'a>,
         options: LossOptions<'a>,
     ) -> Result<Self> {
+        let logits = logits.into();
         match target {
             Target::Indices { data, shape: t } => {
                 Self::validate(logits, shape, TargetData::Indices(data), t, options)
@@ -235,7 +270,7 @@ impl<'a> Problem<'a> {
 
     /// [`Problem::new`] with the target's shape borrowed for validation only.
     fn validate(
-        logits: &'a [f32],
+        logits: Elems<'a>,
         shape: &[usize],
         target: TargetData<'a>,
         tshape: &[usize],
@@ -275,6 +310,16 @@ impl<'a> Problem<'a> {
                         data.len(),
                     ));
                 }
+                if data.dtype() != logits.dtype() {
+                    return Err(LossError::shape(
+                        "target",
+                        format!(
+                            "probabilities of the logits' element type {}",
+                            logits.dtype()
+                        ),
+                        data.dtype(),
+                    ));
+                }
                 TargetData::Probs(data)
             }
             TargetData::Indices(data) => {
@@ -302,11 +347,35 @@ impl<'a> Problem<'a> {
                 TargetData::Indices(data)
             }
         };
+        if let Some(s) = options.position_weight
+            && s.len() != layout.positions()
+        {
+            return Err(LossError::shape(
+                "position_weight",
+                format!("{} values (one per position)", layout.positions()),
+                s.len(),
+            ));
+        }
         let eps = options.label_smoothing;
         if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) {
             return Err(LossError::InvalidOption {
                 option: "label_smoothing",
                 reason: format!("{eps} is not a finite number in [0, 1]"),
+            });
+        }
+        let z = options.z_loss;
+        if !(z.is_finite() && z >= 0.0) {
+            return Err(LossError::InvalidOption {
+                option: "z_loss",
+                reason: format!("{z} is not a finite number ≥ 0"),
+            });
+        }
+        if let Some(a) = options.softcap
+            && !(a.is_finite() && a > 0.0)
+        {
+            return Err(LossError::InvalidOption {
+                option: "softcap",
+                reason: format!("{a} is not a finite number > 0"),
             });
         }
         match target {
@@ -347,9 +416,9 @@ impl<'a> Problem<'a> {
 
     /// Validates ndarray views. Both views must be in standard (row-major, contiguous) layout;
     /// any other layout is a [`LossError::ShapeMismatch`] (the data is borrowed, never copied).
-    pub fn from_ndarray<D: Dimension>(
-        logits: ArrayView<'a, f32, D>,
-        target: &NdTarget<'a>,
+    pub fn from_ndarray<T: Element, D: Dimension>(
+        logits: ArrayView<'a, T, D>,
+        target: &NdTarget<'a, T>,
         options: LossOptions<'a>,
     ) -> Result<Self> {
         fn contiguous<'b, T, D: Dimension>(
@@ -364,10 +433,13 @@ impl<'a> Problem<'a> {
                 )
             })
         }
-        let data = contiguous(&logits, "logits")?;
+        let data = T::elems(contiguous(&logits, "logits")?);
         let (target_data, target_shape) = match target {
             NdTarget::Indices(t) => (TargetData::Indices(contiguous(t, "target")?), t.shape()),
-            NdTarget::Probs(t) => (TargetData::Probs(contiguous(t, "target")?), t.shape()),
+            NdTarget::Probs(t) => (
+                TargetData::Probs(T::elems(contiguous(t, "target")?)),
+                t.shape(),
+            ),
         };
         Problem::validate(data, logits.shape(), target_data, target_shape, options)
     }
@@ -401,8 +473,25 @@ impl<'a> Problem<'a> {
     }
 
     /// The flat logits.
-    pub fn logits(&self) -> &'a [f32] {
+    pub fn logits(&self) -> Elems<'a> {
         self.logits
+    }
+    /// The logits' element type.
+    pub fn dtype(&self) -> DType {
+        self.logits.dtype()
+    }
+    /// Number of logits.
+    pub fn len(&self) -> usize {
+        self.logits.len()
+    }
+    /// Whether there are no logits.
+    pub fn is_empty(&self) -> bool {
+        self.logits.is_empty()
+    }
+    /// Whether the problem is one PyTorch's `cross_entropy` states: `f32` logits and none of the
+    /// extensions (z-loss, soft-cap, position weights).
+    pub fn is_plain(&self) -> bool {
+        self.dtype() == DType::F32 && !self.options.has_extensions()
     }
     /// The logits' shape.
     pub fn shape(&self) -> &[usize] {
@@ -449,6 +538,23 @@ impl<'a> Problem<'a> {
     pub fn label_smoothing(&self) -> f32 {
         self.options.label_smoothing
     }
+    /// The z-loss coefficient.
+    pub fn z_loss(&self) -> f32 {
+        self.options.z_loss
+    }
+    /// The soft-cap.
+    pub fn softcap(&self) -> Option<f32> {
+        self.options.softcap
+    }
+    /// The position weights, if any.
+    pub fn position_weight(&self) -> Option<&'a [f32]> {
+        self.options.position_weight
+    }
+    /// The weight `s_i` of position `i` (1 without position weights).
+    #[inline]
+    pub fn position_weight_at(&self, i: usize) -> f32 {
+        self.options.position_weight.map_or(1.0, |s| s[i])
+    }
 
     /// Number of loss values: `P` for `none`, else 1. The upstream gradient has this length too.
     pub fn loss_len(&self) -> usize {
@@ -461,15 +567,7 @@ impl<'a> Problem<'a> {
     /// Shape of the loss: the target-index shape for `none`, `[]` otherwise.
     pub fn loss_shape(&self) -> Vec<usize> {
         match self.options.reduction {
-            Reduction::None => {
-                let class_axis = usize::from(self.layout.batched);
-                self.shape
-                    .iter()
-                    .enumerate()
-                    .filter(|&(axis, _)| axis != class_axis)
-                    .map(|(_, &d)| d)
-                    .collect()
-            }
+            Reduction::None => self.lse_shape(),
             Reduction::Sum | Reduction::Mean => Vec::new(),
         }
     }
@@ -481,6 +579,33 @@ impl<'a> Problem<'a> {
     /// Checks a caller-provided gradient buffer (the logits' length).
     pub fn check_grad_buffer(&self, grad: &[f32]) -> Result<()> {
         check_len("grad", self.logits.len(), grad.len())
+    }
+    /// Checks every buffer of a [`Outputs`] request; nothing is written when one is wrong.
+    pub fn check_outputs(&self, out: &Outputs<'_>) -> Result<()> {
+        if let Some(l) = &out.loss {
+            check_len("loss", self.loss_len(), l.len())?;
+        }
+        if let Some(l) = &out.lse {
+            check_len("lse", self.positions(), l.len())?;
+        }
+        if let Some(z) = &out.z_loss {
+            check_len("z_loss", self.loss_len(), z.len())?;
+        }
+        if let Some(g) = &out.grad {
+            self.check_grad_output(g.grad_output)?;
+            check_len("grad", self.logits.len(), g.grad.len())?;
+        }
+        Ok(())
+    }
+    /// The shape of the per-position LSE output (a `none` loss's shape).
+    pub fn lse_shape(&self) -> Vec<usize> {
+        let class_axis = usize::from(self.layout.batched);
+        self.shape
+            .iter()
+            .enumerate()
+            .filter(|&(axis, _)| axis != class_axis)
+            .map(|(_, &d)| d)
+            .collect()
     }
     /// Checks an upstream gradient (length [`Problem::loss_len`]).
     pub fn check_grad_output(&self, grad_output: &[f32]) -> Result<()> {
@@ -518,8 +643,8 @@ pub fn shape_from_i64(shape: &[i64], what: &'static str) -> Result<Vec<usize>> {
 pub enum OwnedTarget {
     /// Class indices.
     Indices(Vec<i64>),
-    /// Class probabilities.
-    Probs(Vec<f32>),
+    /// Class probabilities (in the logits' element type).
+    Probs(OwnedElems),
 }
 
 /// An owned, unvalidated problem: what a test generator, a vector file or a benchmark holds.
@@ -527,7 +652,7 @@ pub enum OwnedTarget {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProblemData {
     /// Flat logits.
-    pub logits: Vec<f32>,
+    pub logits: OwnedElems,
     /// The logits' shape.
     pub shape: Vec<usize>,
     /// The target's data.
@@ -542,6 +667,12 @@ pub struct ProblemData {
     pub reduction: Reduction,
     /// Label smoothing.
     pub label_smoothing: f32,
+    /// z-loss coefficient.
+    pub z_loss: f32,
+    /// Soft-cap.
+    pub softcap: Option<f32>,
+    /// Position weights.
+    pub position_weight: Option<Vec<f32>>,
 }
 
 impl ProblemData {
@@ -552,6 +683,9 @@ impl ProblemData {
             ignore_index: self.ignore_index,
             reduction: self.reduction,
             label_smoothing: self.label_smoothing,
+            z_loss: self.z_loss,
+            softcap: self.softcap,
+            position_weight: self.position_weight.as_deref(),
         }
     }
 
@@ -563,7 +697,7 @@ impl ProblemData {
                 shape: &self.target_shape,
             },
             OwnedTarget::Probs(data) => Target::Probs {
-                data,
+                data: data.view(),
                 shape: &self.target_shape,
             },
         }
@@ -571,6 +705,82 @@ impl ProblemData {
 
     /// Validates into a [`Problem`].
     pub fn problem(&self) -> Result<Problem<'_>> {
-        Problem::new(&self.logits, &self.shape, self.target(), self.options())
+        Problem::new(
+            self.logits.view(),
+            &self.shape,
+            self.target(),
+            self.options(),
+        )
+    }
+
+    /// The same problem with logits (and probability targets) rounded to `dtype`.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.logits = OwnedElems::from_f32(dtype, &self.logits.to_f32_vec());
+        if let OwnedTarget::Probs(t) = &self.target {
+            self.target = OwnedTarget::Probs(OwnedElems::from_f32(dtype, &t.to_f32_vec()));
+        }
+        self
+    }
+}
+
+/// An upstream gradient and the buffer the gradient goes to (`f32`, or a half type: the
+/// gradient is rounded once to the buffer's type, whatever the logits' type).
+#[derive(Debug)]
+pub struct GradRequest<'o> {
+    /// The upstream gradient ([`Problem::loss_len`] values).
+    pub grad_output: &'o [f32],
+    /// Where `∂(Σ loss·grad_output)/∂logits` goes, laid out like the logits.
+    pub grad: ElemsMut<'o>,
+}
+
+/// What one call computes: any of the loss, the per-position LSE, the z-loss part and the
+/// gradient, all from the same pass over the logits. Built with [`Outputs::new`] and the
+/// builder methods.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Outputs<'o> {
+    /// The loss ([`Problem::loss_len`] values): cross-entropy plus the z-loss part.
+    pub loss: Option<&'o mut [f32]>,
+    /// The log-sum-exp of each position's (soft-capped) logits, `P` values (ignored positions
+    /// included).
+    pub lse: Option<&'o mut [f32]>,
+    /// The z-loss part of the loss, reduced as the loss is ([`Problem::loss_len`] values; zeros
+    /// when `z = 0`).
+    pub z_loss: Option<&'o mut [f32]>,
+    /// The gradient.
+    pub grad: Option<GradRequest<'o>>,
+}
+
+impl<'o> Outputs<'o> {
+    /// Nothing requested yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Requests the loss.
+    pub fn loss(mut self, loss: &'o mut [f32]) -> Self {
+        self.loss = Some(loss);
+        self
+    }
+    /// Requests the per-position LSE.
+    pub fn lse(mut self, lse: &'o mut [f32]) -> Self {
+        self.lse = Some(lse);
+        self
+    }
+    /// Requests the z-loss part.
+    pub fn z_loss(mut self, z: &'o mut [f32]) -> Self {
+        self.z_loss = Some(z);
+        self
+    }
+    /// Requests the gradient for upstream gradient `grad_output`, written into `grad`.
+    pub fn grad(mut self, grad_output: &'o [f32], grad: impl Into<ElemsMut<'o>>) -> Self {
+        self.grad = Some(GradRequest {
+            grad_output,
+            grad: grad.into(),
+        });
+        self
+    }
+    /// Whether anything besides the loss and the gradient is requested.
+    pub fn wants_stats(&self) -> bool {
+        self.lse.is_some() || self.z_loss.is_some()
     }
 }

@@ -12,7 +12,13 @@
 //! finite differences of the `f64` reference loss; `sum = Σ none` and `mean = sum / D`;
 //! fused = forward + backward; bit-identical repeated calls; and a typed error, never a panic,
 //! for malformed input (shapes, targets, options, upstream gradients, output buffers), also
-//! through a backend's own entry point for raw input. [`large_problems`] runs the agreement on
+//! through a backend's own entry point for raw input. The problems carry the extensions too
+//! (bf16 and f16 logits, soft-capping, z-loss, position weights), and three properties are
+//! about them: finite differences through the cap and the z-loss (in the gradient check above),
+//! a zero position weight equals ignoring the position in `sum`, and half logits give what the
+//! `f32` path gives on the same widened values (bit for bit when the problem has extensions,
+//! which every backend runs through one kernel whatever the input type).
+//! [`large_problems`] runs the agreement on
 //! rows past every backend's path thresholds. The generator ([`Rng`]), the closeness checks
 //! ([`check_close`], [`assert_close`], [`expect_close`]) and the shape strategies are the ones
 //! every test of the workspace uses.
@@ -24,7 +30,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use crate::conformance::Tolerance;
-use crate::problem::{OwnedTarget, ProblemData, Reduction};
+use crate::dtype::{DType, OwnedElems};
+use crate::problem::{Outputs, OwnedTarget, ProblemData, Reduction};
 use crate::reference::{self, ReferenceBackend};
 use crate::{ErrorKind, LossBackend, LossError};
 
@@ -125,12 +132,19 @@ pub fn problems_of(
                 prop::option::weighted(0.3, prop::collection::vec(uniform(0.0, 1.0), len)),
                 prop::sample::select(Reduction::ALL.to_vec()),
                 prop_oneof![Just(0.0f32), uniform(0.0, 1.0)],
+                extensions(positions),
             )
         })
         .prop_map(
-            |(shape, logits, weight, ignore, picks, probs, reduction, label_smoothing)| {
+            |(shape, logits, weight, ignore, picks, probs, reduction, label_smoothing, ext)| {
+                let (dtype, z_loss, softcap, position_weight) = ext;
+                let logits = OwnedElems::from_f32(dtype, &logits);
                 let (target, target_shape, ignore_index) = match probs {
-                    Some(p) => (OwnedTarget::Probs(p), shape.clone(), ignore.min(-1)),
+                    Some(p) => (
+                        OwnedTarget::Probs(OwnedElems::from_f32(dtype, &p)),
+                        shape.clone(),
+                        ignore.min(-1),
+                    ),
                     None => {
                         let axis = class_axis(&shape);
                         let tshape = shape
@@ -155,9 +169,46 @@ pub fn problems_of(
                     ignore_index,
                     reduction,
                     label_smoothing,
+                    z_loss,
+                    softcap,
+                    position_weight,
                 }
             },
         )
+}
+
+/// The extensions of a random problem: the logits' type (f32 most often), a z-loss coefficient,
+/// a soft-cap and position weights (negative, zero and positive), each often off.
+#[allow(clippy::type_complexity)] // a tuple strategy
+fn extensions(
+    positions: usize,
+) -> impl Strategy<Value = (DType, f32, Option<f32>, Option<Vec<f32>>)> {
+    (
+        prop_oneof![
+            3 => Just(DType::F32),
+            1 => Just(DType::Bf16),
+            1 => Just(DType::F16),
+        ],
+        prop_oneof![2 => Just(0.0f32), 1 => uniform(0.0, 0.5)],
+        prop::option::weighted(0.3, uniform(2.0, 40.0)),
+        prop::option::weighted(
+            0.3,
+            prop::collection::vec(
+                prop_oneof![3 => uniform(-1.0, 2.0), 1 => Just(0.0f32)],
+                positions,
+            ),
+        ),
+    )
+}
+
+/// The problem without z-loss and soft-cap, in `f32` (for properties those terms break, such as
+/// shift invariance).
+fn without_lse_terms(data: &ProblemData) -> ProblemData {
+    ProblemData {
+        z_loss: 0.0,
+        softcap: None,
+        ..data.clone().with_dtype(DType::F32)
+    }
 }
 
 /// Random valid problems of [`shapes`].
@@ -186,27 +237,61 @@ pub fn large_problems() -> impl Strategy<Value = ProblemData> {
 
 /// A valid problem made malformed in one of several ways, with the error kind it must give.
 pub fn malformed_problems() -> impl Strategy<Value = (ProblemData, ErrorKind)> {
-    (problems(), 0usize..9, any::<u32>()).prop_map(|(data, how, salt)| corrupt(data, how, salt))
+    (problems(), 0usize..13, any::<u32>()).prop_map(|(data, how, salt)| corrupt(data, how, salt))
+}
+
+/// Elements with one more (`grow`) or one fewer value.
+fn resized(e: &OwnedElems, grow: bool) -> OwnedElems {
+    let mut v = e.to_f32_vec();
+    if grow {
+        v.push(0.5);
+    } else {
+        v.pop();
+    }
+    OwnedElems::from_f32(e.dtype(), &v)
 }
 
 fn corrupt(mut d: ProblemData, how: usize, salt: u32) -> (ProblemData, ErrorKind) {
     let classes = d.shape[class_axis(&d.shape)];
     let positions = d.logits.len() / classes;
     let salt = salt as usize;
+    let dtype = d.logits.dtype();
     match how {
         0 => {
-            if d.logits.is_empty() || salt.is_multiple_of(2) {
-                d.logits.push(0.5);
-            } else {
-                d.logits.pop();
-            }
+            d.logits = resized(&d.logits, d.logits.is_empty() || salt.is_multiple_of(2));
             (d, ErrorKind::ShapeMismatch)
         }
         1 => {
             match &mut d.target {
                 OwnedTarget::Indices(v) => v.push(0),
-                OwnedTarget::Probs(v) => v.push(0.5),
+                OwnedTarget::Probs(v) => *v = resized(v, true),
             }
+            (d, ErrorKind::ShapeMismatch)
+        }
+        9 => {
+            d.z_loss = [-0.1, f32::NAN, f32::INFINITY, f32::NEG_INFINITY][salt % 4];
+            (d, ErrorKind::InvalidOption)
+        }
+        10 => {
+            d.softcap = Some([0.0, -30.0, f32::NAN, f32::INFINITY, -0.0][salt % 5]);
+            (d, ErrorKind::InvalidOption)
+        }
+        11 => {
+            let n = if salt.is_multiple_of(2) {
+                positions + 1 + salt % 3
+            } else {
+                positions.saturating_sub(1)
+            };
+            d.position_weight = Some(vec![1.0; if n == positions { n + 1 } else { n }]);
+            (d, ErrorKind::ShapeMismatch)
+        }
+        12 => {
+            // Probability targets of another element type than the logits'.
+            let other = DType::ALL
+                [(DType::ALL.iter().position(|&t| t == dtype).unwrap_or(0) + 1 + salt % 2) % 3];
+            d.target = OwnedTarget::Probs(OwnedElems::zeros(other, d.logits.len()));
+            d.target_shape = d.shape.clone();
+            d.ignore_index = -100;
             (d, ErrorKind::ShapeMismatch)
         }
         2 => {
@@ -249,7 +334,7 @@ fn corrupt(mut d: ProblemData, how: usize, salt: u32) -> (ProblemData, ErrorKind
             (d, ErrorKind::InvalidOption)
         }
         6 => {
-            d.target = OwnedTarget::Probs(vec![0.5; d.logits.len()]);
+            d.target = OwnedTarget::Probs(OwnedElems::from_f32(dtype, &vec![0.5; d.logits.len()]));
             d.target_shape = d.shape.clone();
             d.ignore_index = (salt % classes) as i64;
             (d, ErrorKind::InvalidOption)
@@ -278,7 +363,10 @@ fn corrupt(mut d: ProblemData, how: usize, salt: u32) -> (ProblemData, ErrorKind
                     OwnedTarget::Indices(vec![0; d.logits.len()]),
                     d.shape.clone(),
                 ),
-                OwnedTarget::Indices(_) => (OwnedTarget::Probs(vec![0.5; positions]), index_shape),
+                OwnedTarget::Indices(_) => (
+                    OwnedTarget::Probs(OwnedElems::from_f32(dtype, &vec![0.5; positions])),
+                    index_shape,
+                ),
             };
             (d, ErrorKind::ShapeMismatch)
         }
@@ -329,7 +417,23 @@ pub fn check_matches_reference(
     })?
     .map_err(fail)?;
     assert_close("loss", &l, &widen(&rl), tol)?;
-    assert_close("grad", &gr, &widen(&rg), tol)
+    assert_close("grad", &gr, &widen(&rg), tol)?;
+    // The per-position LSE and the z part, asked for beside the loss.
+    let stats = |b: &dyn LossBackend| -> crate::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let mut loss = vec![0.0; problem.loss_len()];
+        let mut lse = vec![0.0; problem.positions()];
+        let mut z = vec![0.0; problem.loss_len()];
+        b.compute(
+            &problem,
+            Outputs::new().loss(&mut loss).lse(&mut lse).z_loss(&mut z),
+        )?;
+        Ok((loss, lse, z))
+    };
+    let (rl2, rlse, rz) = stats(&reference).map_err(fail)?;
+    let (l2, lse, z) = guarded("compute", || stats(backend))?.map_err(fail)?;
+    assert_close("loss beside lse", &l2, &widen(&rl2), tol)?;
+    assert_close("lse", &lse, &widen(&rlse), tol)?;
+    assert_close("z_loss", &z, &widen(&rz), tol)
 }
 
 fn fail(e: LossError) -> TestCaseError {
@@ -343,6 +447,8 @@ pub fn check_shift_invariance(
     shift: f32,
     which: usize,
 ) -> Result<(), TestCaseError> {
+    // The soft-cap and the z-loss are not shift invariant, and a shifted half value is rounded.
+    let data = &without_lse_terms(data);
     let problem = data.problem().map_err(fail)?;
     let positions = problem.positions();
     if positions == 0 {
@@ -351,9 +457,11 @@ pub fn check_shift_invariance(
     let position = which % positions;
     let mut shifted = data.clone();
     let layout = problem.layout();
+    let mut x = data.logits.to_f32_vec();
     for c in 0..layout.classes {
-        shifted.logits[layout.index(position, c)] += shift;
+        x[layout.index(position, c)] += shift;
     }
+    shifted.logits = OwnedElems::from_f32(DType::F32, &x);
     let g = upstream(data, problem.loss_len());
     let (l0, g0) = backend.forward_backward(&problem, &g).map_err(fail)?;
     let moved = shifted.problem().map_err(fail)?;
@@ -373,7 +481,7 @@ pub fn check_finite_differences(
     let g = upstream(data, problem.loss_len());
     let g64 = widen(&g);
     let grad = backend.backward(&problem, &g).map_err(fail)?;
-    let x = widen(&data.logits);
+    let x = problem.logits().to_f64_vec();
     let objective = |x: &[f64]| -> f64 {
         reference::forward_f64(&problem, x)
             .iter()
@@ -410,8 +518,10 @@ pub fn check_reductions(
     backend: &dyn LossBackend,
     data: &ProblemData,
 ) -> Result<(), TestCaseError> {
+    // Without the z-loss, whose mean divides by V, not D (the vectors check that part).
     let with = |r: Reduction| ProblemData {
         reduction: r,
+        z_loss: 0.0,
         ..data.clone()
     };
     let (none_d, sum_d, mean_d) = (
@@ -512,7 +622,7 @@ pub fn check_bad_buffers(
 ) -> Result<(), TestCaseError> {
     let problem = data.problem().map_err(fail)?;
     let n = problem.loss_len();
-    let len = problem.logits().len();
+    let len = problem.len();
     let bad_g = vec![1.0f32; n + extra];
     let short_g = vec![1.0f32; n.saturating_sub(extra)];
     let good_g = vec![1.0f32; n];
@@ -570,6 +680,102 @@ pub fn check_bad_buffers(
             backend.forward_backward_into(&problem, &good_g, &mut loss_ok, &mut grad_bad)
         })?,
     )
+}
+
+/// A zero position weight equals ignoring that position, in `sum` (loss and gradient; index
+/// targets): position `which` gets weight 0 in one problem and `ignore_index` in the other.
+pub fn check_zero_position_weight(
+    backend: &dyn LossBackend,
+    data: &ProblemData,
+    which: usize,
+) -> Result<(), TestCaseError> {
+    let positions = data.problem().map_err(fail)?.positions();
+    let OwnedTarget::Indices(y) = &data.target else {
+        return Ok(());
+    };
+    if positions == 0 || data.ignore_index >= 0 {
+        return Ok(());
+    }
+    let k = which % positions;
+    let mut weights = data
+        .position_weight
+        .clone()
+        .unwrap_or_else(|| vec![1.0; positions]);
+    weights[k] = 0.0;
+    let zeroed = ProblemData {
+        reduction: Reduction::Sum,
+        position_weight: Some(weights.clone()),
+        ..data.clone()
+    };
+    let mut y = y.clone();
+    y[k] = data.ignore_index;
+    let ignored = ProblemData {
+        target: OwnedTarget::Indices(y),
+        reduction: Reduction::Sum,
+        position_weight: Some(weights),
+        ..data.clone()
+    };
+    let (a, b) = (
+        zeroed.problem().map_err(fail)?,
+        ignored.problem().map_err(fail)?,
+    );
+    let (la, ga) = backend.forward_backward(&a, &[1.0]).map_err(fail)?;
+    let (lb, gb) = backend.forward_backward(&b, &[1.0]).map_err(fail)?;
+    let tol = backend.tolerance(DEFAULT_TOLERANCE);
+    let sum_tol = Tolerance::new(tol.rtol, tol.atol * positions as f64);
+    assert_close("zero weight vs ignored: loss", &la, &widen(&lb), sum_tol)?;
+    assert_close("zero weight vs ignored: grad", &ga, &widen(&gb), tol)
+}
+
+/// Half logits give what the `f32` path gives on the same widened values: the loss, the `f32`
+/// gradient, the LSE. Bit for bit when the problem has an extension on (every backend runs those
+/// through one kernel whatever the input type); within the tolerance otherwise (a backend may
+/// keep a separate kernel for plain `f32` problems).
+pub fn check_half_matches_f32(
+    backend: &dyn LossBackend,
+    data: &ProblemData,
+    half: DType,
+) -> Result<(), TestCaseError> {
+    let halved = data.clone().with_dtype(half);
+    let widened = ProblemData {
+        logits: OwnedElems::F32(halved.logits.to_f32_vec()),
+        target: match &halved.target {
+            OwnedTarget::Probs(t) => OwnedTarget::Probs(OwnedElems::F32(t.to_f32_vec())),
+            t => t.clone(),
+        },
+        ..halved.clone()
+    };
+    let (h, w) = (
+        halved.problem().map_err(fail)?,
+        widened.problem().map_err(fail)?,
+    );
+    let g = upstream(data, h.loss_len());
+    let run = |p: &crate::Problem<'_>| -> crate::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let mut loss = vec![0.0; p.loss_len()];
+        let mut lse = vec![0.0; p.positions()];
+        let mut grad = vec![0.0; p.len()];
+        backend.compute(
+            p,
+            Outputs::new()
+                .loss(&mut loss)
+                .lse(&mut lse)
+                .grad(&g, &mut grad),
+        )?;
+        Ok((loss, lse, grad))
+    };
+    let (hl, hlse, hg) = guarded("compute", || run(&h))?.map_err(fail)?;
+    let (wl, wlse, wg) = run(&w).map_err(fail)?;
+    if widened.options().has_extensions() {
+        prop_assert_eq!(bits(&hl), bits(&wl), "half vs f32 loss bits");
+        prop_assert_eq!(bits(&hlse), bits(&wlse), "half vs f32 lse bits");
+        prop_assert_eq!(bits(&hg), bits(&wg), "half vs f32 grad bits");
+        Ok(())
+    } else {
+        let tol = backend.tolerance(DEFAULT_TOLERANCE);
+        assert_close("half vs f32 loss", &hl, &widen(&wl), tol)?;
+        assert_close("half vs f32 lse", &hlse, &widen(&wlse), tol)?;
+        assert_close("half vs f32 grad", &hg, &widen(&wg), tol)
+    }
 }
 
 /// Generates the property tests of this module for a backend.
@@ -678,6 +884,24 @@ macro_rules! backend_property_tests {
             }
 
             #[test]
+            fn zero_position_weight_is_ignoring() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config($cases), |(data in kit::problems(), which in 0usize..64)| {
+                        kit::check_zero_position_weight(b, &data, which)?;
+                    });
+                })
+            }
+
+            #[test]
+            fn half_logits_match_f32_on_widened_values() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config($cases), |(data in kit::problems(), half in kit::proptest::sample::select(vec![$crate::DType::Bf16, $crate::DType::F16]))| {
+                        kit::check_half_matches_f32(b, &data, half)?;
+                    });
+                })
+            }
+
+            #[test]
             fn malformed_input_is_a_typed_error() {
                 with_backend!(b => {
                     kit::proptest::proptest!(config($cases), |((data, kind) in kit::malformed_problems())| {
@@ -703,13 +927,13 @@ macro_rules! backend_property_tests {
 pub fn weighted_batch(batch: usize, classes: usize, seed: u64) -> ProblemData {
     let mut rng = Rng::new(seed);
     let mut unit = move || rng.unit();
-    let logits = (0..batch * classes).map(|_| unit() * 12.0 - 6.0).collect();
+    let logits: Vec<f32> = (0..batch * classes).map(|_| unit() * 12.0 - 6.0).collect();
     let targets = (0..batch)
         .map(|_| ((unit() * classes as f32) as i64).min(classes as i64 - 1))
         .collect();
     let weight = (0..classes).map(|_| 0.5 + unit()).collect();
     ProblemData {
-        logits,
+        logits: logits.into(),
         shape: vec![batch, classes],
         target: OwnedTarget::Indices(targets),
         target_shape: vec![batch],
@@ -717,5 +941,8 @@ pub fn weighted_batch(batch: usize, classes: usize, seed: u64) -> ProblemData {
         ignore_index: crate::DEFAULT_IGNORE_INDEX,
         reduction: Reduction::Mean,
         label_smoothing: 0.0,
+        z_loss: 0.0,
+        softcap: None,
+        position_weight: None,
     }
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use loss_core::conformance::{self, Expected, VectorFile};
-use loss_core::{ErrorKind, ReferenceBackend};
+use loss_core::{DType, ErrorKind, ReferenceBackend};
 
 #[test]
 fn reference_passes_every_vendored_case() {
@@ -11,21 +11,49 @@ fn reference_passes_every_vendored_case() {
 }
 
 #[test]
-fn vendored_file_has_all_cases() {
-    let file = conformance::vendored_vectors().expect("vectors");
-    assert_eq!(file.cases.len(), 101);
-    let errors = file
-        .cases
-        .iter()
-        .filter(|c| matches!(c.expected, Expected::Error(_)))
-        .count();
-    assert!(errors >= 10, "only {errors} error cases");
+fn vendored_files_have_all_cases() {
+    let files = conformance::vendored_vectors().expect("vectors");
+    let counts: Vec<usize> = files.iter().map(|f| f.cases.len()).collect();
+    assert_eq!(counts, vec![101, 134]);
+    assert_eq!(files[1].format, conformance::FORMAT_TAG_V2);
+    for file in files {
+        let errors = file
+            .cases
+            .iter()
+            .filter(|c| matches!(c.expected, Expected::Error(_)))
+            .count();
+        assert!(errors >= 10, "only {errors} error cases");
+    }
+    // The half-gradient tolerances of format 2 are read, and format 1 has none.
+    assert!(files[1].grad_tolerance(DType::Bf16).rtol > files[1].tolerance.rtol);
+    assert_eq!(files[0].grad_tolerance(DType::Bf16), files[0].tolerance);
+}
+
+/// A format-2 case whose expected LSE is changed fails on the LSE output.
+#[test]
+fn a_changed_lse_fails() {
+    let path = &conformance::vendored_vectors_paths()[1];
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let victim = json["cases"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["expected"]["lse"].is_array() && c["dtype"] == "bfloat16")
+        .unwrap();
+    let v = victim["expected"]["lse"][0].as_f64().unwrap();
+    victim["expected"]["lse"][0] = serde_json::json!(v + 0.01);
+    let file = VectorFile::parse(&json.to_string(), Path::new("altered.json")).unwrap();
+    let report = conformance::run_file(&ReferenceBackend::new(), &file);
+    let failed: Vec<_> = report.failures().collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].worst.as_ref().unwrap().output, "lse");
 }
 
 /// A copy of the vectors with one expected number changed must fail, naming that case alone.
 #[test]
 fn a_changed_expectation_fails_and_is_named() {
-    let path = conformance::vendored_vectors_path();
+    let path = conformance::vendored_vectors_paths()[0].clone();
     let text = std::fs::read_to_string(&path).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cases = json["cases"].as_array_mut().unwrap();
@@ -53,7 +81,7 @@ fn a_changed_expectation_fails_and_is_named() {
 /// An error case whose expected kind is changed must fail too.
 #[test]
 fn a_changed_error_kind_fails() {
-    let text = std::fs::read_to_string(conformance::vendored_vectors_path()).unwrap();
+    let text = std::fs::read_to_string(&conformance::vendored_vectors_paths()[0]).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let victim = json["cases"]
         .as_array_mut()

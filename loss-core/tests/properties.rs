@@ -57,8 +57,63 @@ mod definition {
         }
     }
 
-    /// Per-position losses `L_i` (0 where ignored), in `f64`.
+    /// The logits after the soft-cap `a·tanh(x/a)` (unchanged without one).
+    fn capped(problem: &Problem<'_>, logits: &[f64]) -> Vec<f64> {
+        match problem.softcap() {
+            Some(a) => {
+                let a = f64::from(a);
+                logits.iter().map(|&x| a * (x / a).tanh()).collect()
+            }
+            None => logits.to_vec(),
+        }
+    }
+
+    /// `s_i`.
+    fn position_weight(problem: &Problem<'_>, i: usize) -> f64 {
+        f64::from(problem.position_weight_at(i))
+    }
+
+    /// Whether position `i` counts (not ignored).
+    fn valid(problem: &Problem<'_>, i: usize) -> bool {
+        matches!(problem.target(), TargetData::Probs(_)) || valid_index(problem, i).is_some()
+    }
+
+    /// `z·s_i·LSE_i²` of each position (0 where ignored, and everywhere when `z = 0`).
+    fn z_parts(problem: &Problem<'_>, logits: &[f64]) -> Vec<f64> {
+        let z = f64::from(problem.z_loss());
+        let x = capped(problem, logits);
+        (0..problem.positions())
+            .map(|i| {
+                if z > 0.0 && valid(problem, i) {
+                    let lse = log_sum_exp(&row(problem, &x, i));
+                    z * position_weight(problem, i) * lse * lse
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    /// `V = Σ_{valid i} s_i`.
+    fn valid_weight(problem: &Problem<'_>) -> f64 {
+        (0..problem.positions())
+            .filter(|&i| valid(problem, i))
+            .map(|i| position_weight(problem, i))
+            .sum()
+    }
+
+    /// Per-position cross-entropy `s_i·L_i` (0 where ignored), in `f64`, of the raw logits.
     pub(crate) fn position_losses_f64(problem: &Problem<'_>, logits: &[f64]) -> Vec<f64> {
+        let x = capped(problem, logits);
+        position_losses_capped(problem, &x)
+            .iter()
+            .enumerate()
+            .map(|(i, l)| position_weight(problem, i) * l)
+            .collect()
+    }
+
+    /// Per-position `L_i` of capped logits.
+    fn position_losses_capped(problem: &Problem<'_>, logits: &[f64]) -> Vec<f64> {
         let classes = problem.classes();
         let eps = f64::from(problem.label_smoothing());
         (0..problem.positions())
@@ -82,7 +137,7 @@ mod definition {
                     },
                     TargetData::Probs(t) => (0..classes)
                         .map(|c| {
-                            let tc = smoothed(problem, t[problem.layout().index(i, c)]);
+                            let tc = smoothed(problem, t.get(problem.layout().index(i, c)));
                             weight(problem, c) * tc * (lse - x[c])
                         })
                         .sum(),
@@ -91,24 +146,38 @@ mod definition {
             .collect()
     }
 
-    /// The denominator of `mean`: `Σ_{valid i} w[y_i]` for index targets, `P` for probabilities.
+    /// The denominator of `mean`: `Σ_{valid i} s_i·w[y_i]` for index targets, `Σ s_i` for
+    /// probabilities.
     pub(crate) fn mean_denominator(problem: &Problem<'_>) -> f64 {
         match problem.target() {
             TargetData::Indices(_) => (0..problem.positions())
-                .filter_map(|i| valid_index(problem, i))
-                .map(|y| weight(problem, y))
+                .filter_map(|i| valid_index(problem, i).map(|y| (i, y)))
+                .map(|(i, y)| position_weight(problem, i) * weight(problem, y))
                 .sum(),
-            TargetData::Probs(_) => problem.positions() as f64,
+            TargetData::Probs(_) => (0..problem.positions())
+                .map(|i| position_weight(problem, i))
+                .sum(),
         }
     }
 
-    /// The reduced loss in `f64` ([`Problem::loss_len`] values).
+    /// The reduced loss in `f64` ([`Problem::loss_len`] values): cross-entropy over `D` plus
+    /// the z-loss over `V` for mean.
     pub(crate) fn forward_f64(problem: &Problem<'_>, logits: &[f64]) -> Vec<f64> {
         let losses = position_losses_f64(problem, logits);
+        let z = z_parts(problem, logits);
+        let z_on = problem.z_loss() > 0.0;
+        let zsum: f64 = z.iter().sum();
         match problem.reduction() {
-            Reduction::None => losses,
-            Reduction::Sum => vec![losses.iter().sum()],
-            Reduction::Mean => vec![losses.iter().sum::<f64>() / mean_denominator(problem)],
+            Reduction::None => losses.iter().zip(&z).map(|(l, z)| l + z).collect(),
+            Reduction::Sum => vec![losses.iter().sum::<f64>() + zsum],
+            Reduction::Mean => {
+                let ce = losses.iter().sum::<f64>() / mean_denominator(problem);
+                vec![if z_on {
+                    ce + zsum / valid_weight(problem)
+                } else {
+                    ce
+                }]
+            }
         }
     }
 
@@ -129,16 +198,27 @@ mod definition {
         let eps = f64::from(problem.label_smoothing());
         let total_weight: f64 = (0..classes).map(|c| weight(problem, c)).sum();
         let denominator = mean_denominator(problem);
+        let v = valid_weight(problem);
+        let z = f64::from(problem.z_loss());
+        let capped_all = capped(problem, logits);
         let mut grad = vec![0.0; logits.len()];
         for i in 0..problem.positions() {
-            let scale = match problem.reduction() {
-                Reduction::None => grad_output[i],
-                Reduction::Sum => grad_output[0],
-                Reduction::Mean => grad_output[0] / denominator,
+            let (scale, z_scale) = match problem.reduction() {
+                Reduction::None => (grad_output[i], grad_output[i]),
+                Reduction::Sum => (grad_output[0], grad_output[0]),
+                Reduction::Mean => (grad_output[0] / denominator, grad_output[0] / v),
             };
-            let x = row(problem, logits, i);
+            let s = position_weight(problem, i);
+            let scale = scale * s;
+            let x = row(problem, &capped_all, i);
             let lse = log_sum_exp(&x);
             let p = |c: usize| (x[c] - lse).exp();
+            // ∂(z·s·LSE²)/∂x̃_c = 2·z·s·LSE·p_c.
+            let zc = if z > 0.0 && valid(problem, i) {
+                z_scale * 2.0 * z * s * lse
+            } else {
+                0.0
+            };
             match problem.target() {
                 TargetData::Indices(_) => {
                     // Ignored positions keep an exact zero, whatever the scale.
@@ -152,19 +232,27 @@ mod definition {
                         if eps > 0.0 {
                             g += eps / classes as f64 * (total_weight * p(c) - weight(problem, c));
                         }
-                        grad[layout.index(i, c)] = scale * g;
+                        grad[layout.index(i, c)] = scale * g + zc * p(c);
                     }
                 }
                 TargetData::Probs(t) => {
                     let tprime: Vec<f64> = (0..classes)
-                        .map(|c| smoothed(problem, t[layout.index(i, c)]))
+                        .map(|c| smoothed(problem, t.get(layout.index(i, c))))
                         .collect();
                     let mass: f64 = (0..classes).map(|k| weight(problem, k) * tprime[k]).sum();
                     for c in 0..classes {
                         grad[layout.index(i, c)] =
-                            scale * (p(c) * mass - weight(problem, c) * tprime[c]);
+                            scale * (p(c) * mass - weight(problem, c) * tprime[c]) + zc * p(c);
                     }
                 }
+            }
+        }
+        // Through the cap: d(a·tanh(x/a))/dx = 1 − tanh²(x/a).
+        if let Some(a) = problem.softcap() {
+            let a = f64::from(a);
+            for (g, &x) in grad.iter_mut().zip(logits) {
+                let t = (x / a).tanh();
+                *g *= 1.0 - t * t;
             }
         }
         grad
@@ -173,7 +261,7 @@ mod definition {
 
 fn matches_definition(data: &loss_core::ProblemData) -> Result<(), TestCaseError> {
     let p = data.problem().unwrap();
-    let x = kit::widen(p.logits());
+    let x = p.logits().to_f64_vec();
     let g: Vec<f64> = (0..p.loss_len())
         .map(|i| 0.5 + (i % 5) as f64 * 0.25)
         .collect();
@@ -374,7 +462,7 @@ fn f64_entry_points_agree_with_f32_outputs() {
 
 mod ndarray_entry_point {
     use loss_core::testkit::{malformed_problems, proptest::prelude::*};
-    use loss_core::{NdTarget, OwnedTarget, Problem};
+    use loss_core::{DType, NdTarget, OwnedElems, OwnedTarget, Problem};
     use ndarray::{ArrayViewD, IxDyn};
 
     proptest! {
@@ -393,14 +481,25 @@ mod ndarray_entry_point {
             if !fits(&data.shape, data.logits.len()) || !fits(&data.target_shape, target_len) {
                 return Ok(());
             }
-            let Ok(logits) = ArrayViewD::from_shape(IxDyn(&data.shape), &data.logits) else {
+            // The views are typed, so probabilities of another element type than the logits'
+            // cannot be expressed; f32 data is tried here (the half types share the code).
+            let (OwnedElems::F32(x), probs) = (&data.logits, &data.target) else {
+                return Ok(());
+            };
+            if matches!(probs, OwnedTarget::Probs(t) if t.dtype() != DType::F32) {
+                return Ok(());
+            }
+            let Ok(logits) = ArrayViewD::from_shape(IxDyn(&data.shape), x.as_slice()) else {
                 return Ok(());
             };
             let target = match &data.target {
                 OwnedTarget::Indices(t) => ArrayViewD::from_shape(IxDyn(&data.target_shape), t)
                     .map(NdTarget::Indices),
-                OwnedTarget::Probs(t) => ArrayViewD::from_shape(IxDyn(&data.target_shape), t)
-                    .map(NdTarget::Probs),
+                OwnedTarget::Probs(OwnedElems::F32(t)) => {
+                    ArrayViewD::from_shape(IxDyn(&data.target_shape), t.as_slice())
+                        .map(NdTarget::Probs)
+                }
+                OwnedTarget::Probs(_) => return Ok(()),
             };
             let Ok(target) = target else { return Ok(()) };
             let result = std::panic::catch_unwind(|| {

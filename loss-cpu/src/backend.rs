@@ -1,15 +1,18 @@
 //! [`CpuBackend`]: the [`LossBackend`] over the [`kernel`](crate::kernel) units, in order.
 
 use loss_core::{
-    LossBackend, LossOptions, Problem, ProblemData, Reduction, Result, Target, TargetData,
+    DType, Elems, LossBackend, LossOptions, Outputs, OwnedElems, Problem, ProblemData, Reduction,
+    Result, Target, TargetData,
 };
 
-use crate::kernel::Plan;
+use crate::kernel::{Plan, StagedPartial};
 
 /// The single-threaded fused SIMD backend (`name() == "cpu"`).
 ///
-/// The `_into` methods allocate nothing: they walk the [`Plan`]'s units in order and add their
-/// `f64` partials in that order (which is what makes a threaded caller bit-identical).
+/// Plain `f32` problems allocate nothing: the `_into` methods walk the [`Plan`]'s units in order
+/// and add their `f64` partials in that order (which is what makes a threaded caller
+/// bit-identical). Half logits, the extensions and the LSE / z outputs take the
+/// [staged path](crate::kernel#the-staged-path) (a scratch row per call), over the same units.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuBackend;
 
@@ -33,6 +36,15 @@ impl CpuBackend {
         grad_output: &[f32],
         loss: &mut [f32],
     ) -> Result<()> {
+        if options.has_extensions() {
+            // The staged path reads the logits while it writes the gradient: from a copy.
+            let copy = logits.to_vec();
+            let problem = Problem::new(&copy, shape, target, options)?;
+            return self.compute(
+                &problem,
+                Outputs::new().loss(loss).grad(grad_output, &mut *logits),
+            );
+        }
         let layout = {
             let problem = Problem::new(&*logits, shape, target, options)?;
             problem.check_loss_buffer(loss)?;
@@ -75,9 +87,13 @@ impl LossBackend for CpuBackend {
         "cpu"
     }
 
-    /// [`CpuBackend::forward_backward_in_place`], which takes unvalidated parts.
+    /// [`CpuBackend::forward_backward_in_place`], which takes unvalidated parts (`f32` logits:
+    /// half data has no raw entry point here).
     fn solve_raw(&self, data: &ProblemData) -> Option<Result<()>> {
-        let mut logits = data.logits.clone();
+        let mut logits = match &data.logits {
+            OwnedElems::F32(x) => x.clone(),
+            _ => return None,
+        };
         // The loss's length as the shape claims it (validation judges the shape itself).
         let loss_len = match (data.reduction, data.shape.as_slice()) {
             (Reduction::None, [n, _, rest @ ..]) => rest.iter().product::<usize>() * n,
@@ -95,63 +111,82 @@ impl LossBackend for CpuBackend {
         ))
     }
 
-    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
-        problem.check_loss_buffer(loss)?;
+    fn compute(&self, problem: &Problem<'_>, mut out: Outputs<'_>) -> Result<()> {
+        problem.check_outputs(&out)?;
         let plan = Plan::new(problem);
-        let logits = problem.logits();
-        let none = plan.reduction() == Reduction::None;
-        let mut total = 0.0;
-        for unit in 0..plan.units() {
-            let x = &logits[plan.unit_logits(unit)];
-            let losses = none.then(|| &mut loss[plan.unit_positions(unit)]);
-            total += plan.forward_unit(unit, x, losses);
+        let f32_grad = out
+            .grad
+            .as_ref()
+            .is_none_or(|g| g.grad.dtype() == DType::F32);
+        let logits = match problem.logits() {
+            Elems::F32(x) if f32_grad && !plan.is_staged(out.wants_stats()) => x,
+            _ => {
+                let mut call = plan.staged_call(out);
+                let partials: Vec<StagedPartial> = (0..plan.units())
+                    .zip(call.units.iter_mut())
+                    .map(|(u, o)| {
+                        let span = plan.unit_logits(u);
+                        plan.staged_unit(u, problem.logits().slice(span), std::mem::take(o))
+                    })
+                    .collect();
+                call.finish(&partials);
+                return Ok(());
+            }
+        };
+        let loss = out.loss.take();
+        let grad = out.grad.take();
+        match (loss, grad) {
+            (None, None) => Ok(()),
+            (Some(loss), None) => {
+                forward(&plan, logits, loss);
+                Ok(())
+            }
+            (loss, Some(mut g)) => {
+                let grad = g.grad.as_f32_mut().expect("an f32 gradient buffer");
+                fused(&plan, logits, g.grad_output, loss, grad);
+                Ok(())
+            }
         }
-        if !none {
-            loss[0] = plan.reduce(total, mean_denominator(&plan));
-        }
-        Ok(())
     }
+}
 
-    fn backward_into(
-        &self,
-        problem: &Problem<'_>,
-        grad_output: &[f32],
-        grad: &mut [f32],
-    ) -> Result<()> {
-        problem.check_backward(grad_output, grad)?;
-        let plan = Plan::new(problem);
-        let scale = plan.grad_scale(grad_output, mean_denominator(&plan));
-        let logits = problem.logits();
-        for unit in 0..plan.units() {
-            let span = plan.unit_logits(unit);
-            plan.fused_unit(unit, &logits[span.clone()], scale, None, &mut grad[span]);
-        }
-        Ok(())
+/// The plain forward pass over the units, in order.
+fn forward(plan: &Plan<'_>, logits: &[f32], loss: &mut [f32]) {
+    let none = plan.reduction() == Reduction::None;
+    let mut total = 0.0;
+    for unit in 0..plan.units() {
+        let x = &logits[plan.unit_logits(unit)];
+        let losses = none.then(|| &mut loss[plan.unit_positions(unit)]);
+        total += plan.forward_unit(unit, x, losses);
     }
+    if !none {
+        loss[0] = plan.reduce(total, mean_denominator(plan));
+    }
+}
 
-    fn forward_backward_into(
-        &self,
-        problem: &Problem<'_>,
-        grad_output: &[f32],
-        loss: &mut [f32],
-        grad: &mut [f32],
-    ) -> Result<()> {
-        problem.check_loss_buffer(loss)?;
-        problem.check_backward(grad_output, grad)?;
-        let plan = Plan::new(problem);
-        let denominator = mean_denominator(&plan);
-        let scale = plan.grad_scale(grad_output, denominator);
-        let logits = problem.logits();
-        let none = plan.reduction() == Reduction::None;
-        let mut total = 0.0;
-        for unit in 0..plan.units() {
-            let span = plan.unit_logits(unit);
-            let losses = none.then(|| &mut loss[plan.unit_positions(unit)]);
-            total += plan.fused_unit(unit, &logits[span.clone()], scale, losses, &mut grad[span]);
-        }
-        if !none {
-            loss[0] = plan.reduce(total, denominator);
-        }
-        Ok(())
+/// The plain fused pass (the loss when `loss` is given) over the units, in order.
+fn fused(
+    plan: &Plan<'_>,
+    logits: &[f32],
+    grad_output: &[f32],
+    mut loss: Option<&mut [f32]>,
+    grad: &mut [f32],
+) {
+    let denominator = mean_denominator(plan);
+    let scale = plan.grad_scale(grad_output, denominator);
+    let none = plan.reduction() == Reduction::None;
+    let mut total = 0.0;
+    for unit in 0..plan.units() {
+        let span = plan.unit_logits(unit);
+        let losses = match loss.as_deref_mut() {
+            Some(l) if none => Some(&mut l[plan.unit_positions(unit)]),
+            _ => None,
+        };
+        total += plan.fused_unit(unit, &logits[span.clone()], scale, losses, &mut grad[span]);
+    }
+    if let Some(l) = loss
+        && !none
+    {
+        l[0] = plan.reduce(total, denominator);
     }
 }

@@ -42,8 +42,11 @@ use loss_core::{Layout, LossOptions, Problem, Reduction, TargetData};
 use pulp::{Arch, Simd, WithSimd};
 
 mod simd;
+mod staged;
 mod units;
 mod x86;
+
+pub use staged::{StagedCall, StagedOut, StagedPartial, StagedScales, tanh_slice};
 
 use simd::{
     Extras, NoTerm, ProbTerm, SmoothTerm, Term, grad_row, prob_sums, row_lse, weighted_sum,
@@ -203,7 +206,14 @@ pub use loss_core::formula::GradScale;
 #[derive(Debug, Clone, Copy)]
 pub struct Plan<'a> {
     layout: Layout,
-    target: TargetData<'a>,
+    /// The target as the fast kernels read it (`f32` probabilities; plain problems only).
+    target: Tgt<'a>,
+    /// The target as validated (probabilities in the logits' type), for the staged path.
+    target_data: TargetData<'a>,
+    /// The options' extensions (the staged path's).
+    z_loss: f32,
+    softcap: Option<f32>,
+    position_weight: Option<&'a [f32]>,
     weight: Option<&'a [f32]>,
     ignore_index: i64,
     reduction: Reduction,
@@ -225,7 +235,15 @@ impl<'a> Plan<'a> {
     pub fn from_parts(layout: Layout, target: TargetData<'a>, options: LossOptions<'a>) -> Self {
         Plan {
             layout,
-            target,
+            target: match target {
+                TargetData::Indices(y) => Tgt::Indices(y),
+                // Half probabilities are only read through `target_data` (the staged path).
+                TargetData::Probs(t) => Tgt::Probs(t.as_f32().unwrap_or(&[])),
+            },
+            target_data: target,
+            z_loss: options.z_loss,
+            softcap: options.softcap,
+            position_weight: options.position_weight,
             weight: options.weight,
             ignore_index: options.ignore_index,
             reduction: options.reduction,
@@ -274,14 +292,49 @@ impl<'a> Plan<'a> {
         rows.start * row..rows.end * row
     }
 
-    /// The mean's denominator over a unit's positions ([`formula::denominator_over_parts`]).
+    fn denominator_parts(&self) -> formula::DenominatorParts<'a> {
+        formula::DenominatorParts {
+            target: self.target_data,
+            ignore_index: self.ignore_index,
+            weight: self.weight,
+            position_weight: self.position_weight,
+        }
+    }
+
+    /// The mean's denominator `D` over a unit's positions ([`formula::DenominatorParts::over`]).
     pub fn denominator_partial(&self, unit: usize) -> f64 {
-        formula::denominator_over_parts(
-            self.target,
-            self.ignore_index,
-            self.weight,
-            self.unit_positions(unit),
-        )
+        self.denominator_parts().over(self.unit_positions(unit))
+    }
+
+    /// The z-loss's denominator `V = Σ_{valid i} s_i` over a unit's positions.
+    pub fn valid_partial(&self, unit: usize) -> f64 {
+        self.denominator_parts()
+            .valid()
+            .over(self.unit_positions(unit))
+    }
+
+    /// `V` of the mean: the unit partials added in unit order.
+    pub fn valid_count(&self) -> f64 {
+        (0..self.units()).fold(0.0, |acc, u| acc + self.valid_partial(u))
+    }
+
+    /// Whether a problem takes the [staged path](staged): half logits, an extension on, or the
+    /// per-position LSE or z part asked for. The other (plain) problems take the fast kernels.
+    pub fn is_staged(&self, wants_stats: bool) -> bool {
+        wants_stats
+            || self.target_data_is_half()
+            || self.z_loss != 0.0
+            || self.softcap.is_some()
+            || self.position_weight.is_some()
+    }
+
+    fn target_data_is_half(&self) -> bool {
+        matches!(self.target_data, TargetData::Probs(t) if t.dtype().is_half())
+    }
+
+    /// The z-loss coefficient.
+    pub fn z_loss(&self) -> f32 {
+        self.z_loss
     }
 
     /// `D` of the mean: the unit partials added in unit order.
@@ -454,6 +507,7 @@ impl<'a> Plan<'a> {
         s: f32,
         y: Option<usize>,
         mass: f64,
+        extra: f64,
     ) {
         let s = f64::from(s);
         for k in 0..at.classes {
@@ -470,6 +524,8 @@ impl<'a> Plan<'a> {
                 }
                 (None, None) => 0.0,
             };
+            // The z-loss's coefficient of p (0 without one; left out then, so that 0·∞ stays out).
+            let g = if extra != 0.0 { g + extra * p } else { g };
             dst[i] = g as f32;
         }
     }
@@ -480,15 +536,15 @@ impl<'a> Plan<'a> {
         let classes = self.layout.classes;
         let span = c0..c0 + x.len();
         let extras = match self.target {
-            TargetData::Probs(t) => Extras::Probs {
+            Tgt::Probs(t) => Extras::Probs {
                 t: &t[position * classes + span.start..position * classes + span.end],
                 w: self.weight.map(|w| &w[span]),
                 smooth: self.smoothing(),
             },
-            TargetData::Indices(_) if self.smoothed() => {
+            Tgt::Indices(_) if self.smoothed() => {
                 Extras::WeightedSum(self.weight.map(|w| &w[span]))
             }
-            TargetData::Indices(_) => Extras::Nothing,
+            Tgt::Indices(_) => Extras::Nothing,
         };
         self.arch.dispatch(ChunkPartialOp { x, extras })
     }
@@ -498,11 +554,11 @@ impl<'a> Plan<'a> {
     pub fn partial_loss(&self, position: usize, row: &[f32], p: RowPartial) -> f64 {
         let r = p.lse.stats();
         match self.target {
-            TargetData::Indices(y) => match formula::valid_class(y[position], self.ignore_index) {
+            Tgt::Indices(y) => match formula::valid_class(y[position], self.ignore_index) {
                 None => 0.0,
                 Some(y) => self.index_loss(r, row[y], y, p.weighted),
             },
-            TargetData::Probs(_) => Self::prob_loss(r, p.weight, p.weighted),
+            Tgt::Probs(_) => Self::prob_loss(r, p.weight, p.weighted),
         }
     }
 
@@ -529,13 +585,13 @@ impl<'a> Plan<'a> {
         let fast = s.is_finite() && lse.is_finite() && p.lse.sum.is_finite();
         let weight = self.weight.map(|w| &w[span.clone()]);
         match self.target {
-            TargetData::Indices(y) => {
+            Tgt::Indices(y) => {
                 let Some(y) = formula::valid_class(y[position], self.ignore_index) else {
                     out.fill(0.0);
                     return;
                 };
                 if !fast {
-                    self.slow_position(Some(x), out, None, at, lse, s, Some(y), 0.0);
+                    self.slow_position(Some(x), out, None, at, lse, s, Some(y), 0.0, 0.0);
                     return;
                 }
                 let (a, b, fix) = self.index_coefficients(s, y);
@@ -554,10 +610,10 @@ impl<'a> Plan<'a> {
                     out[y - c0] -= fix;
                 }
             }
-            TargetData::Probs(t) => {
+            Tgt::Probs(t) => {
                 let t = &t[position * classes + span.start..position * classes + span.end];
                 if !fast || !p.weight.is_finite() {
-                    self.slow_position(Some(x), out, Some(t), at, lse, s, None, p.weight);
+                    self.slow_position(Some(x), out, Some(t), at, lse, s, None, p.weight, 0.0);
                     return;
                 }
                 let a = (formula::prob_coefficient(f64::from(s), p.weight) / p.lse.sum) as f32;
@@ -578,6 +634,13 @@ impl<'a> Plan<'a> {
             }
         }
     }
+}
+
+/// The target as the fast kernels read it.
+#[derive(Debug, Clone, Copy)]
+enum Tgt<'a> {
+    Indices(&'a [i64]),
+    Probs(&'a [f32]),
 }
 
 /// Where one position's classes lie in a buffer: class `first_class + k` at `base + k·stride`.

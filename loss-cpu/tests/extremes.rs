@@ -50,11 +50,14 @@ proptest! {
         ]),
         planted in prop::collection::vec((any::<prop::sample::Index>(), extreme()), 0..12),
     ) {
-        let mut data = data;
+        // f32 logits (the in-place call's type), the extensions kept.
+        let mut data = data.with_dtype(loss_core::DType::F32);
+        let mut x = data.logits.to_f32_vec();
         for (at, v) in planted {
-            let i = at.index(data.logits.len());
-            data.logits[i] = v;
+            let i = at.index(x.len());
+            x[i] = v;
         }
+        data.logits = x.into();
         let p = data.problem().unwrap();
         let g: Vec<f32> = (0..p.loss_len()).map(|i| 0.5 + (i % 3) as f32).collect();
         let (l, gr) = CpuBackend::new().forward_backward(&p, &g).unwrap();
@@ -63,7 +66,7 @@ proptest! {
         kit::assert_close("grad", &gr, &widen(&rg), DEFAULT_TOLERANCE)?;
         let f = CpuBackend::new().forward(&p).unwrap();
         kit::assert_close("forward loss", &f, &widen(&rl), DEFAULT_TOLERANCE)?;
-        let mut buf = data.logits.clone();
+        let mut buf = data.logits.to_f32_vec();
         let mut loss = vec![0.0; p.loss_len()];
         CpuBackend::new()
             .forward_backward_in_place(&mut buf, &data.shape, data.target(), data.options(), &g, &mut loss)
@@ -90,6 +93,7 @@ proptest! {
             1 => Just(f32::NAN),
         ], 1..200),
     ) {
+        let data = data.with_dtype(loss_core::DType::F32);
         let p = data.problem().unwrap();
         let g: Vec<f32> = (0..p.loss_len()).map(|i| upstream[i % upstream.len()]).collect();
         let (l, gr) = CpuBackend::new().forward_backward(&p, &g).unwrap();
@@ -108,7 +112,7 @@ proptest! {
             }
         }
         kit::assert_close("grad", &got, &widen(&want), DEFAULT_TOLERANCE)?;
-        let mut buf = data.logits.clone();
+        let mut buf = data.logits.to_f32_vec();
         let mut loss = vec![0.0; p.loss_len()];
         CpuBackend::new()
             .forward_backward_in_place(&mut buf, &data.shape, data.target(), data.options(), &g, &mut loss)

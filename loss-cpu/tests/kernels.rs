@@ -16,7 +16,7 @@ fn index_problem(shape: &[usize], seed: u64, ignore_every: usize) -> ProblemData
     let len: usize = shape.iter().product();
     let classes = if shape.len() > 1 { shape[1] } else { shape[0] };
     let positions = len / classes;
-    let logits = (0..len).map(|_| rng.uniform(-12.0, 12.0)).collect();
+    let logits: Vec<f32> = (0..len).map(|_| rng.uniform(-12.0, 12.0)).collect();
     let target = (0..positions)
         .map(|i| {
             if ignore_every > 0 && i % ignore_every == 1 {
@@ -37,7 +37,7 @@ fn index_problem(shape: &[usize], seed: u64, ignore_every: usize) -> ProblemData
         vec![]
     };
     ProblemData {
-        logits,
+        logits: logits.into(),
         shape: shape.to_vec(),
         target: OwnedTarget::Indices(target),
         target_shape,
@@ -45,6 +45,9 @@ fn index_problem(shape: &[usize], seed: u64, ignore_every: usize) -> ProblemData
         ignore_index: -100,
         reduction: Reduction::Mean,
         label_smoothing: 0.0,
+        z_loss: 0.0,
+        softcap: None,
+        position_weight: None,
     }
 }
 
@@ -85,7 +88,12 @@ fn matches_reference(data: &ProblemData) {
 
 fn with_probs(mut data: ProblemData, seed: u64) -> ProblemData {
     let mut rng = Rng::new(seed);
-    data.target = OwnedTarget::Probs(data.logits.iter().map(|_| rng.uniform(0.0, 1.0)).collect());
+    data.target = OwnedTarget::Probs(
+        (0..data.logits.len())
+            .map(|_| rng.uniform(0.0, 1.0))
+            .collect::<Vec<f32>>()
+            .into(),
+    );
     data.target_shape = data.shape.clone();
     data
 }
@@ -123,7 +131,9 @@ fn huge_rows_stay_accurate() {
     matches_reference(&data);
     // One dominant logit far along the row (the running max grows late).
     let mut d = data.clone();
-    d.logits[262_000] = 60.0;
+    let mut x = d.logits.to_f32_vec();
+    x[262_000] = 60.0;
+    d.logits = x.into();
     matches_reference(&d);
     // Longer than the single-exp fused path takes (128 chunks): the two-exp path.
     matches_reference(&index_problem(&[2, 300_000], 6, 0));
@@ -150,7 +160,7 @@ fn in_place_equals_out_of_place_bit_for_bit() {
                 let p = data.problem().unwrap();
                 let g = upstream(&data);
                 let (l, gr) = CpuBackend::new().forward_backward(&p, &g).unwrap();
-                let mut buf = data.logits.clone();
+                let mut buf = data.logits.to_f32_vec();
                 let mut loss = vec![0.0; p.loss_len()];
                 CpuBackend::new()
                     .forward_backward_in_place(
@@ -172,7 +182,7 @@ fn in_place_equals_out_of_place_bit_for_bit() {
 #[test]
 fn in_place_validates_before_writing() {
     let data = index_problem(&[4, 5], 1, 0);
-    let mut buf = data.logits.clone();
+    let mut buf = data.logits.to_f32_vec();
     let mut loss = [0.0f32; 2];
     let err = CpuBackend::new()
         .forward_backward_in_place(
@@ -185,7 +195,7 @@ fn in_place_validates_before_writing() {
         )
         .unwrap_err();
     assert_eq!(err.kind(), loss_core::ErrorKind::ShapeMismatch);
-    assert_eq!(bits(&buf), bits(&data.logits));
+    assert_eq!(bits(&buf), bits(&data.logits.to_f32_vec()));
 }
 
 /// What loss-rayon does: run the units in any order (here: back to front, each into its own
@@ -221,7 +231,7 @@ fn units_in_any_order_give_the_same_bits() {
                 let out = &mut losses[plan.unit_positions(u)];
                 parts[u] = plan.fused_unit(
                     u,
-                    &p.logits()[span.clone()],
+                    &p.logits().as_f32().unwrap()[span.clone()],
                     scale,
                     Some(out),
                     &mut grad[span],
@@ -242,7 +252,7 @@ fn units_in_any_order_give_the_same_bits() {
 #[test]
 fn lse_state_merges_split_rows() {
     let data = index_problem(&[1, 50_000], 8, 0);
-    let x = &data.logits;
+    let x = &data.logits.to_f32_vec();
     let whole = LseState::of(x);
     let merged = x
         .chunks(7_777)
@@ -306,7 +316,7 @@ fn non_finite_logits_follow_the_reference() {
         for reduction in Reduction::ALL {
             let logits: Vec<f32> = rows.iter().flat_map(|r| r.0.clone()).collect();
             let data = ProblemData {
-                logits,
+                logits: logits.into(),
                 shape: vec![rows.len(), 10],
                 target: OwnedTarget::Indices(rows.iter().map(|r| r.1).collect()),
                 target_shape: vec![rows.len()],
@@ -314,6 +324,9 @@ fn non_finite_logits_follow_the_reference() {
                 ignore_index: -100,
                 reduction,
                 label_smoothing: eps,
+                z_loss: 0.0,
+                softcap: None,
+                position_weight: None,
             };
             let p = data.problem().unwrap();
             let g = upstream(&data);
@@ -332,7 +345,10 @@ fn zero_denominator_and_ignored_positions() {
     for eps in [0.0, 0.25] {
         for targets in [vec![-100i64, -100, -100], vec![0, -100, 0]] {
             let data = ProblemData {
-                logits: (0..30).map(|i| (i as f32 * 0.37).sin() * 5.0).collect(),
+                logits: (0..30)
+                    .map(|i| (i as f32 * 0.37).sin() * 5.0)
+                    .collect::<Vec<f32>>()
+                    .into(),
                 shape: vec![3, 10],
                 target: OwnedTarget::Indices(targets.clone()),
                 target_shape: vec![3],
@@ -340,6 +356,9 @@ fn zero_denominator_and_ignored_positions() {
                 ignore_index: -100,
                 reduction: Reduction::Mean,
                 label_smoothing: eps,
+                z_loss: 0.0,
+                softcap: None,
+                position_weight: None,
             };
             let p = data.problem().unwrap();
             let (l, gr) = CpuBackend::new().forward_backward(&p, &[1.0]).unwrap();
@@ -381,7 +400,7 @@ fn gradients_larger_than_the_cache() {
         let (rl, rg) = ReferenceBackend::new().forward_backward(&p, &g).unwrap();
         close("large loss", &l, &rl, TOL);
         close("large grad", &gr, &rg, TOL);
-        let mut buf = data.logits.clone();
+        let mut buf = data.logits.to_f32_vec();
         let mut loss = vec![0.0; p.loss_len()];
         CpuBackend::new()
             .forward_backward_in_place(

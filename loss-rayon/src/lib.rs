@@ -27,8 +27,8 @@
 
 pub mod split;
 
-use loss_core::{LossBackend, LossError, Problem, Reduction, Result};
-use loss_cpu::kernel::Plan;
+use loss_core::{DType, Elems, LossBackend, LossError, Outputs, Problem, Reduction, Result};
+use loss_cpu::kernel::{Plan, StagedPartial};
 use rayon::prelude::*;
 
 pub use loss_cpu::kernel::LseState;
@@ -44,7 +44,7 @@ pub const ROW_COST: usize = 12;
 
 /// A problem's work in logit-equivalents: `N·C + ROW_COST·N` (N positions).
 pub fn work(problem: &Problem<'_>) -> usize {
-    problem.logits().len() + ROW_COST * problem.layout().positions()
+    problem.len() + ROW_COST * problem.layout().positions()
 }
 
 /// Logits per rayon task at least (groups of units), so small-row problems do not drown in
@@ -157,7 +157,10 @@ impl RayonBackend {
         let plan = Plan::new(problem);
         let units = plan.units();
         let none = plan.reduction() == Reduction::None;
-        let logits = problem.logits();
+        let logits = problem
+            .logits()
+            .as_f32()
+            .expect("plain problems have f32 logits");
         // D of the mean, from per-unit partials added in unit order (as loss-cpu does): first,
         // in a pass of its own, when the gradient's scale needs it; else in the units' jobs
         // (one fork-join fewer).
@@ -263,50 +266,62 @@ impl RayonBackend {
     }
 }
 
+impl RayonBackend {
+    /// The staged path (half logits, extensions, LSE and z outputs): loss-cpu's staged units on
+    /// the pool, their partials added in unit order (loss-cpu's order, hence its bits).
+    fn staged(&self, problem: &Problem<'_>, plan: &Plan<'_>, out: Outputs<'_>) {
+        let mut call = plan.staged_call(out);
+        let mut partials = vec![StagedPartial::default(); plan.units()];
+        let span = plan.unit_logits(0).len().max(1);
+        let min_len = MIN_TASK_LOGITS.div_ceil(span).max(1);
+        let logits = problem.logits();
+        self.pool.install(|| {
+            partials
+                .par_iter_mut()
+                .zip(call.units.par_iter_mut())
+                .enumerate()
+                .with_min_len(min_len)
+                .for_each(|(u, (p, o))| {
+                    let x = logits.slice(plan.unit_logits(u));
+                    *p = plan.staged_unit(u, x, std::mem::take(o));
+                });
+        });
+        call.finish(&partials);
+    }
+}
+
 impl LossBackend for RayonBackend {
     fn name(&self) -> &str {
         "rayon"
     }
 
-    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
-        if self.as_cpu(problem, false) {
-            return loss_cpu::CpuBackend::new().forward_into(problem, loss);
+    fn compute(&self, problem: &Problem<'_>, mut out: Outputs<'_>) -> Result<()> {
+        let wants_grad = out.grad.is_some();
+        let plain = matches!(problem.logits(), Elems::F32(_))
+            && out
+                .grad
+                .as_ref()
+                .is_none_or(|g| g.grad.dtype() == DType::F32)
+            && !Plan::new(problem).is_staged(out.wants_stats());
+        if !plain || self.as_cpu(problem, wants_grad) {
+            if plain || !self.parallel(problem, wants_grad) {
+                return loss_cpu::CpuBackend::new().compute(problem, out);
+            }
+            problem.check_outputs(&out)?;
+            self.staged(problem, &Plan::new(problem), out);
+            return Ok(());
         }
-        problem.check_loss_buffer(loss)?;
-        self.dispatch(problem, Some(loss), None)
-    }
-
-    fn backward_into(
-        &self,
-        problem: &Problem<'_>,
-        grad_output: &[f32],
-        grad: &mut [f32],
-    ) -> Result<()> {
-        if self.as_cpu(problem, true) {
-            return loss_cpu::CpuBackend::new().backward_into(problem, grad_output, grad);
+        problem.check_outputs(&out)?;
+        let loss = out.loss.take();
+        let mut grad = out.grad.take();
+        let grad = grad.as_mut().map(|g| {
+            let buf = g.grad.as_f32_mut().expect("an f32 gradient buffer");
+            (g.grad_output, buf)
+        });
+        if loss.is_none() && grad.is_none() {
+            return Ok(());
         }
-        problem.check_backward(grad_output, grad)?;
-        self.dispatch(problem, None, Some((grad_output, grad)))
-    }
-
-    fn forward_backward_into(
-        &self,
-        problem: &Problem<'_>,
-        grad_output: &[f32],
-        loss: &mut [f32],
-        grad: &mut [f32],
-    ) -> Result<()> {
-        if self.as_cpu(problem, true) {
-            return loss_cpu::CpuBackend::new().forward_backward_into(
-                problem,
-                grad_output,
-                loss,
-                grad,
-            );
-        }
-        problem.check_loss_buffer(loss)?;
-        problem.check_backward(grad_output, grad)?;
-        self.dispatch(problem, Some(loss), Some((grad_output, grad)))
+        self.dispatch(problem, loss, grad)
     }
 }
 

@@ -62,7 +62,10 @@ pub(crate) fn run<'a>(
     grad: Option<(&[f32], &mut [f32])>,
 ) {
     let plan = Plan::new(problem);
-    let logits = problem.logits();
+    let logits = problem
+        .logits()
+        .as_f32()
+        .expect("plain problems have f32 logits");
     let partials = row_partials(&plan, logits, parallel);
     let c = problem.classes();
     let d = plan.mean_denominator();

@@ -18,7 +18,7 @@ fn problem(shape: &[usize], probs: bool, smoothing: f32, reduction: Reduction) -
     let len: usize = shape.iter().product();
     let c = shape[1];
     let positions = len / c;
-    let logits = (0..len).map(|_| lcg(&mut s) * 16.0 - 8.0).collect();
+    let logits: loss_core::OwnedElems = (0..len).map(|_| lcg(&mut s) * 16.0 - 8.0).collect();
     let weight = Some((0..c).map(|_| 0.25 + lcg(&mut s)).collect());
     let (target, target_shape) = if probs {
         (
@@ -43,6 +43,20 @@ fn problem(shape: &[usize], probs: bool, smoothing: f32, reduction: Reduction) -
         ignore_index: -100,
         reduction,
         label_smoothing: smoothing,
+        z_loss: 0.0,
+        softcap: None,
+        position_weight: None,
+    }
+}
+
+/// `d` in `dtype` with every extension on (the staged path).
+fn extended(d: ProblemData, dtype: loss_core::DType) -> ProblemData {
+    let positions = d.logits.len() / d.shape[1];
+    ProblemData {
+        z_loss: 1e-3,
+        softcap: Some(20.0),
+        position_weight: Some((0..positions).map(|i| (i % 4) as f32 * 0.5).collect()),
+        ..d.with_dtype(dtype)
     }
 }
 
@@ -55,6 +69,18 @@ fn cases() -> Vec<ProblemData> {
         problem(&[3, 100_000], false, 0.1, Reduction::Mean),
         problem(&[8, 40_000], true, 0.0, Reduction::None),
         problem(&[1, 128_256], false, 0.0, Reduction::Sum),
+        extended(
+            problem(&[4096, 100], false, 0.1, Reduction::Mean),
+            loss_core::DType::Bf16,
+        ),
+        extended(
+            problem(&[16, 20, 300], true, 0.0, Reduction::None),
+            loss_core::DType::F16,
+        ),
+        extended(
+            problem(&[64, 1000], false, 0.0, Reduction::Sum),
+            loss_core::DType::F32,
+        ),
     ]
 }
 
@@ -163,7 +189,7 @@ fn split_path_agrees_with_reference() {
 fn split_path_survives_a_large_offset() {
     for (probs, eps) in [(false, 0.1), (true, 0.2), (false, 0.0)] {
         let mut d = problem(&[2, 50_000], probs, eps, Reduction::None);
-        for x in &mut d.logits {
+        for x in d.logits.as_f32_mut().unwrap().iter_mut() {
             *x += 30_000.0;
         }
         let p = d.problem().unwrap();

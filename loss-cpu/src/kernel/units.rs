@@ -1,12 +1,12 @@
 //! The kernels' loops over one unit: contiguous rows (short rows as lanes, longer ones row by
 //! row) and K-dimensional tiles (positions as lanes).
 
+use loss_core::Layout;
 use loss_core::formula::{self, RowStats};
-use loss_core::{Layout, TargetData};
 use pulp::{Simd, WithSimd};
 
 use super::simd::*;
-use super::{CHUNK, FOLD, GradScale, LseState, MAX_LANES, Plan, Smoothing, Strided, origin};
+use super::{CHUNK, FOLD, GradScale, LseState, MAX_LANES, Plan, Smoothing, Strided, Tgt, origin};
 use crate::exp::{exp_shifted, ln_sum};
 
 /// Rows of at most this many classes (index targets) take the rows-as-lanes path; the forward
@@ -144,7 +144,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
     fn rows<S: Simd>(self, simd: S) -> f64 {
         let plan = self.plan;
         let small = if M::GRAD { SMALL_C } else { SMALL_C_FORWARD };
-        if plan.layout.classes <= small && matches!(plan.target, TargetData::Indices(_)) {
+        if plan.layout.classes <= small && matches!(plan.target, Tgt::Indices(_)) {
             // The tiles are sized to the classes (zeroing 8 KiB per unit cost more than a
             // unit of 3-class rows).
             return match plan.layout.classes {
@@ -154,7 +154,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                 _ => self.rows_as_lanes::<S, SMALL_C_FORWARD>(simd),
             };
         }
-        if plan.layout.classes <= MEDIUM_C && matches!(plan.target, TargetData::Indices(_)) {
+        if plan.layout.classes <= MEDIUM_C && matches!(plan.target, Tgt::Indices(_)) {
             return self.medium_rows(simd);
         }
         self.rows_with(simd)
@@ -177,7 +177,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
         let positions = plan.unit_positions(self.unit);
         let first = positions.start;
         let rows = positions.len();
-        let TargetData::Indices(all_targets) = plan.target else {
+        let Tgt::Indices(all_targets) = plan.target else {
             unreachable!("medium_rows takes index targets only")
         };
         let targets = &all_targets[positions];
@@ -320,7 +320,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
         let positions = plan.unit_positions(self.unit);
         let first = positions.start;
         let rows = positions.len();
-        let TargetData::Indices(all_targets) = plan.target else {
+        let Tgt::Indices(all_targets) = plan.target else {
             unreachable!("rows_as_lanes takes index targets only")
         };
         let targets = &all_targets[positions];
@@ -512,7 +512,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                 row.s = self.scale.at(position);
                 row.fast = M::GRAD && row.s.is_finite() && classes <= MAX_CHUNKS * CHUNK;
                 let extras = match plan.target {
-                    TargetData::Indices(targets) => {
+                    Tgt::Indices(targets) => {
                         let t = targets[position];
                         if t == plan.ignore_index {
                             if M::GRAD {
@@ -528,7 +528,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                             Extras::Nothing
                         }
                     }
-                    TargetData::Probs(targets) => Extras::Probs {
+                    Tgt::Probs(targets) => Extras::Probs {
                         t: &targets[logits_start + span.start..logits_start + span.end],
                         w: plan.weight,
                         smooth,
@@ -571,7 +571,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                         let slot = (k - g0) * slots;
                         let span = k * classes..(k + 1) * classes;
                         match plan.target {
-                            TargetData::Indices(_) => {
+                            Tgt::Indices(_) => {
                                 if row.fast {
                                     let g = &mut dst_all[span];
                                     let (a, b, fix) = plan.index_coefficients(row.s, row.y);
@@ -601,7 +601,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                                 }
                                 plan.index_loss(r, row.x_y, row.y, row.e1)
                             }
-                            TargetData::Probs(targets) => {
+                            Tgt::Probs(targets) => {
                                 if row.fast {
                                     let t = &targets
                                         [logits_start + span.start..logits_start + span.end];
@@ -683,6 +683,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                     s,
                     Some(y),
                     0.0,
+                    0.0,
                 );
             }
         }
@@ -719,7 +720,17 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                 };
                 grad_row(simd, src, g, lse as f32, a, &term);
             } else {
-                plan.slow_position(src, g, Some(t), Strided::row(t.len()), lse, s, None, mass);
+                plan.slow_position(
+                    src,
+                    g,
+                    Some(t),
+                    Strided::row(t.len()),
+                    lse,
+                    s,
+                    None,
+                    mass,
+                    0.0,
+                );
             }
         }
         Plan::prob_loss(r, mass, dot)
@@ -788,14 +799,14 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
         } = at;
         let Layout { classes, inner, .. } = plan.layout;
         let probs = match plan.target {
-            TargetData::Probs(t) => Some(&t[logits_start..logits_start + span_len]),
-            TargetData::Indices(_) => None,
+            Tgt::Probs(t) => Some(&t[logits_start..logits_start + span_len]),
+            Tgt::Indices(_) => None,
         };
         let mut losses = [0.0f64; MAX_LANES];
         // Which lanes are valid (index targets) and their classes.
         let mut valid = [true; MAX_LANES];
         let mut ys = [0usize; MAX_LANES];
-        if let TargetData::Indices(targets) = plan.target {
+        if let Tgt::Indices(targets) = plan.target {
             for j in 0..width {
                 let t = targets[tile_first + j];
                 valid[j] = t != plan.ignore_index;
@@ -925,7 +936,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
             } else {
                 let y = if probs.is_none() { Some(ys[j]) } else { None };
                 let at = Strided::column(base + j, inner, classes);
-                plan.slow_position(src, dst, probs, at, lse[j], s[j], y, mass[j]);
+                plan.slow_position(src, dst, probs, at, lse[j], s[j], y, mass[j], 0.0);
             }
         }
         let any_slow = slow[..width].contains(&true);
@@ -1285,6 +1296,7 @@ fn slow_index_row(
         lse,
         scale,
         Some(y as usize),
+        0.0,
         0.0,
     );
 }
