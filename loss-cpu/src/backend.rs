@@ -36,7 +36,7 @@ impl CpuBackend {
         grad_output: &[f32],
         loss: &mut [f32],
     ) -> Result<()> {
-        if options.has_extensions() {
+        if options.softcap.is_some() || options.position_weight.is_some() {
             // The staged path reads the logits while it writes the gradient: from a copy.
             let copy = logits.to_vec();
             let problem = Problem::new(&copy, shape, target, options)?;
@@ -55,8 +55,7 @@ impl CpuBackend {
             Target::Indices { data, .. } => TargetData::Indices(data),
             Target::Probs { data, .. } => TargetData::Probs(data),
         };
-        let plan = Plan::from_parts(layout, target, options);
-        let denominator = mean_denominator(&plan);
+        let (plan, denominator) = Plan::from_parts(layout, target, options).ready();
         let scale = plan.grad_scale(grad_output, denominator);
         let none = plan.reduction() == Reduction::None;
         let mut total = 0.0;
@@ -69,16 +68,6 @@ impl CpuBackend {
             loss[0] = plan.reduce(total, denominator);
         }
         Ok(())
-    }
-}
-
-/// `D` when the reduction is a mean (the cheap O(P) pass that must precede a fused mean
-/// gradient); unused otherwise.
-fn mean_denominator(plan: &Plan<'_>) -> f64 {
-    if plan.reduction() == Reduction::Mean {
-        plan.mean_denominator()
-    } else {
-        f64::NAN
     }
 }
 
@@ -118,18 +107,24 @@ impl LossBackend for CpuBackend {
             .grad
             .as_ref()
             .is_none_or(|g| g.grad.dtype() == DType::F32);
+        if plan.is_staged(out.wants_stats()) {
+            // Extensions, half probabilities, the LSE or z outputs: the staged rows.
+            let mut call = plan.staged_call(out);
+            let partials: Vec<StagedPartial> = (0..plan.units())
+                .zip(call.units.iter_mut())
+                .map(|(u, o)| {
+                    let span = plan.unit_logits(u);
+                    plan.staged_unit(u, problem.logits().slice(span), std::mem::take(o))
+                })
+                .collect();
+            call.finish(&partials);
+            return Ok(());
+        }
         let logits = match problem.logits() {
-            Elems::F32(x) if f32_grad && !plan.is_staged(out.wants_stats()) => x,
-            _ => {
-                let mut call = plan.staged_call(out);
-                let partials: Vec<StagedPartial> = (0..plan.units())
-                    .zip(call.units.iter_mut())
-                    .map(|(u, o)| {
-                        let span = plan.unit_logits(u);
-                        plan.staged_unit(u, problem.logits().slice(span), std::mem::take(o))
-                    })
-                    .collect();
-                call.finish(&partials);
+            Elems::F32(x) if f32_grad => x,
+            // Half logits or a half gradient, nothing else: the plain kernels on widened units.
+            logits => {
+                widened(&plan, logits, out);
                 return Ok(());
             }
         };
@@ -150,8 +145,45 @@ impl LossBackend for CpuBackend {
     }
 }
 
+/// The plain kernels over units widened from half logits (or narrowed into a half gradient),
+/// in order ([`Plan::widened_unit`]).
+fn widened(plan: &Plan<'_>, logits: Elems<'_>, mut out: Outputs<'_>) {
+    let (plan, denominator) = plan.ready();
+    let plan = &plan;
+    let none = plan.reduction() == Reduction::None;
+    let grad = out.grad.take();
+    let (scale, mut grad_buf) = match grad {
+        Some(g) => (
+            Some(plan.grad_scale(g.grad_output, denominator)),
+            Some(g.grad),
+        ),
+        None => (None, None),
+    };
+    let mut loss = out.loss.take();
+    let mut total = 0.0;
+    for unit in 0..plan.units() {
+        let span = plan.unit_logits(unit);
+        let losses = match loss.as_deref_mut() {
+            Some(l) if none => Some(&mut l[plan.unit_positions(unit)]),
+            _ => None,
+        };
+        let g = match (scale, grad_buf.as_mut()) {
+            (Some(s), Some(buf)) => Some((s, buf.slice_mut(span.clone()))),
+            _ => None,
+        };
+        total += plan.widened_unit(unit, logits.slice(span), losses, g);
+    }
+    if let Some(l) = loss
+        && !none
+    {
+        l[0] = plan.reduce(total, denominator);
+    }
+}
+
 /// The plain forward pass over the units, in order.
 fn forward(plan: &Plan<'_>, logits: &[f32], loss: &mut [f32]) {
+    let (plan, denominator) = plan.ready();
+    let plan = &plan;
     let none = plan.reduction() == Reduction::None;
     let mut total = 0.0;
     for unit in 0..plan.units() {
@@ -160,7 +192,7 @@ fn forward(plan: &Plan<'_>, logits: &[f32], loss: &mut [f32]) {
         total += plan.forward_unit(unit, x, losses);
     }
     if !none {
-        loss[0] = plan.reduce(total, mean_denominator(plan));
+        loss[0] = plan.reduce(total, denominator);
     }
 }
 
@@ -172,7 +204,8 @@ fn fused(
     mut loss: Option<&mut [f32]>,
     grad: &mut [f32],
 ) {
-    let denominator = mean_denominator(plan);
+    let (plan, denominator) = plan.ready();
+    let plan = &plan;
     let scale = plan.grad_scale(grad_output, denominator);
     let none = plan.reduction() == Reduction::None;
     let mut total = 0.0;

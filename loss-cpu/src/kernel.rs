@@ -41,6 +41,8 @@ use loss_core::formula::{self, IndexCoefficients, RowStats, Scalars};
 use loss_core::{Layout, LossOptions, Problem, Reduction, TargetData};
 use pulp::{Arch, Simd, WithSimd};
 
+pub mod convert;
+mod half;
 mod simd;
 mod staged;
 mod units;
@@ -212,6 +214,9 @@ pub struct Plan<'a> {
     target_data: TargetData<'a>,
     /// The options' extensions (the staged path's).
     z_loss: f32,
+    /// The z-loss coefficient the plain kernels apply, `z·D/V` for mean (`z` otherwise; 0 until
+    /// [`Plan::with_denominators`] sets it): see [`Plan::with_denominators`].
+    z_plain: f64,
     softcap: Option<f32>,
     position_weight: Option<&'a [f32]>,
     weight: Option<&'a [f32]>,
@@ -242,6 +247,7 @@ impl<'a> Plan<'a> {
             },
             target_data: target,
             z_loss: options.z_loss,
+            z_plain: 0.0,
             softcap: options.softcap,
             position_weight: options.position_weight,
             weight: options.weight,
@@ -318,14 +324,73 @@ impl<'a> Plan<'a> {
         (0..self.units()).fold(0.0, |acc, u| acc + self.valid_partial(u))
     }
 
-    /// Whether a problem takes the [staged path](staged): half logits, an extension on, or the
-    /// per-position LSE or z part asked for. The other (plain) problems take the fast kernels.
+    /// Whether a problem takes the [staged path](staged): half probabilities, soft-capping,
+    /// position weights, or the per-position LSE or z part asked for. The other problems
+    /// (`f32` or half logits, with or without a z-loss) take the fast kernels.
     pub fn is_staged(&self, wants_stats: bool) -> bool {
         wants_stats
             || self.target_data_is_half()
-            || self.z_loss != 0.0
             || self.softcap.is_some()
             || self.position_weight.is_some()
+    }
+
+    /// The plan with the z-loss set up for the fast kernels, given the mean's `D` and `V`
+    /// (ignored for sum and none). The kernels add `z′·LSE²` to each valid position's loss and
+    /// `s·2·z′·LSE` to the coefficient of `p[c]`, with `z′ = z·D/V` for mean (else `z`): the
+    /// loss partial over `D` is then `Σ L/D + Σ z·LSE²/V`, and the gradient scale `s = g/D` gives
+    /// the z part's `g/V`, which is what the definition asks for — one scalar, no second partial.
+    /// (Position weights, whose z part is `z·s_i·LSE²`, take the staged path.)
+    pub fn with_denominators(mut self, d: f64, v: f64) -> Self {
+        let z = f64::from(self.z_loss);
+        self.z_plain = match self.reduction {
+            _ if z == 0.0 => 0.0,
+            Reduction::Mean => z * d / v,
+            Reduction::Sum | Reduction::None => z,
+        };
+        self
+    }
+
+    /// The plan ready for the fast kernels, and the mean's `D` (NaN for sum and none, where it
+    /// is not used): `D` (and `V` with a z-loss) computed once, the z-loss set up
+    /// ([`Plan::with_denominators`]).
+    pub fn ready(self) -> (Self, f64) {
+        if self.reduction != Reduction::Mean {
+            return (self.with_denominators(f64::NAN, f64::NAN), f64::NAN);
+        }
+        let d = self.mean_denominator();
+        let v = if self.z_loss != 0.0 {
+            self.valid_count()
+        } else {
+            f64::NAN
+        };
+        (self.with_denominators(d, v), d)
+    }
+
+    /// `z′·LSE²`: the z part of a valid position's loss in the fast kernels (0 without z-loss).
+    #[inline(always)]
+    fn z_term(&self, r: &RowStats) -> f64 {
+        if self.z_plain == 0.0 {
+            0.0
+        } else {
+            let lse = r.lse();
+            self.z_plain * lse * lse
+        }
+    }
+
+    /// `s·2·z′·LSE`: the z part of the coefficient of `p[c]` (0 without z-loss).
+    #[inline(always)]
+    fn z_coef(&self, s: f32, lse: f64) -> f64 {
+        if self.z_plain == 0.0 {
+            0.0
+        } else {
+            formula::z_coefficient(f64::from(s), self.z_plain, 1.0, lse)
+        }
+    }
+
+    /// Whether the fast kernels add a z-loss.
+    #[inline(always)]
+    fn z_on(&self) -> bool {
+        self.z_plain != 0.0
     }
 
     fn target_data_is_half(&self) -> bool {
@@ -335,6 +400,54 @@ impl<'a> Plan<'a> {
     /// The z-loss coefficient.
     pub fn z_loss(&self) -> f32 {
         self.z_loss
+    }
+
+    /// One unit of a problem that is plain but for its element types (half logits, or a half
+    /// gradient buffer; no extension, `f32` or index targets): the unit's logits widened into a
+    /// per-thread `f32` buffer (at most [`UNIT_LOGITS`] logits, or one row: L2-sized), the plain
+    /// kernels run on it ([`Plan::forward_unit`], or [`Plan::fused_unit_in_place`] and the
+    /// gradient narrowed into `grad`, the unit's span). The same bits as the plain kernels on the
+    /// widened logits, except the forward pass of contiguous index-target rows, which widens
+    /// each chunk in L1 (`half.rs`) and agrees with them to rounding. Returns the unit's loss
+    /// partial.
+    ///
+    /// # Panics
+    /// On wrong lengths, as [`Plan::forward_unit`].
+    pub fn widened_unit(
+        &self,
+        unit: usize,
+        logits: loss_core::Elems<'_>,
+        losses: Option<&mut [f32]>,
+        grad: Option<(GradScale<'_>, loss_core::ElemsMut<'_>)>,
+    ) -> f64 {
+        thread_local! {
+            static STAGE: core::cell::RefCell<Vec<f32>> = const { core::cell::RefCell::new(Vec::new()) };
+        }
+        if grad.is_none()
+            && self.layout.inner == 1
+            && matches!(self.target, Tgt::Indices(_))
+            && logits.dtype().is_half()
+        {
+            // The forward pass widens in L1 instead (see `half.rs`).
+            return self.arch.dispatch(half::HalfForwardOp {
+                plan: self,
+                unit,
+                logits,
+                losses,
+            });
+        }
+        STAGE.with_borrow_mut(|stage| {
+            stage.resize(logits.len(), 0.0);
+            convert::widen(logits, stage);
+            match grad {
+                None => self.forward_unit(unit, stage, losses),
+                Some((scale, out)) => {
+                    let partial = self.fused_unit_in_place(unit, stage, scale, losses);
+                    convert::narrow(stage, out);
+                    partial
+                }
+            }
+        })
     }
 
     /// `D` of the mean: the unit partials added in unit order.
@@ -481,15 +594,32 @@ impl<'a> Plan<'a> {
     }
 
     /// `(a, b, fix)` of [`formula::index_coefficients`] in `f32`: the gradient of a valid
-    /// index-target position is `a·p[c] − b·w[c]`, minus `fix` at the target class.
+    /// index-target position is `a·p[c] − b·w[c]`, minus `fix` at the target class; `a`
+    /// includes the z-loss's term ([`Plan::with_denominators`]) given the row's `LSE`.
     #[inline(always)]
-    fn index_coefficients(&self, s: f32, y: usize) -> (f32, f32, f32) {
+    fn index_coefficients(&self, s: f32, y: usize, lse: f64) -> (f32, f32, f32) {
         let IndexCoefficients { a, b, fix } = formula::index_coefficients(
             &self.scalars,
             f64::from(s),
             f64::from(self.class_weight(y)),
         );
+        let a = if self.z_on() {
+            a + self.z_coef(s, lse)
+        } else {
+            a
+        };
         (a as f32, b as f32, fix as f32)
+    }
+
+    /// [`formula::prob_coefficient`] plus the z-loss's term, given the row's `LSE`.
+    #[inline(always)]
+    fn prob_coefficient(&self, s: f32, mass: f64, lse: f64) -> f64 {
+        let a = formula::prob_coefficient(f64::from(s), mass);
+        if self.z_on() {
+            a + self.z_coef(s, lse)
+        } else {
+            a
+        }
     }
 
     /// The gradient of one position element by element in `f64` ([`formula::index_grad`],
@@ -556,9 +686,9 @@ impl<'a> Plan<'a> {
         match self.target {
             Tgt::Indices(y) => match formula::valid_class(y[position], self.ignore_index) {
                 None => 0.0,
-                Some(y) => self.index_loss(r, row[y], y, p.weighted),
+                Some(y) => self.index_loss(r, row[y], y, p.weighted) + self.z_term(&r),
             },
-            Tgt::Probs(_) => Self::prob_loss(r, p.weight, p.weighted),
+            Tgt::Probs(_) => Self::prob_loss(r, p.weight, p.weighted) + self.z_term(&r),
         }
     }
 
@@ -591,10 +721,11 @@ impl<'a> Plan<'a> {
                     return;
                 };
                 if !fast {
-                    self.slow_position(Some(x), out, None, at, lse, s, Some(y), 0.0, 0.0);
+                    let z = self.z_coef(s, lse);
+                    self.slow_position(Some(x), out, None, at, lse, s, Some(y), 0.0, z);
                     return;
                 }
-                let (a, b, fix) = self.index_coefficients(s, y);
+                let (a, b, fix) = self.index_coefficients(s, y, lse);
                 // a·exp(x − LSE) = (a / sum)·exp(x − max): the max is exact in f32, LSE is not.
                 let a = (f64::from(a) / p.lse.sum) as f32;
                 let term = self.smoothed().then_some(SmoothTerm { b, w: weight });
@@ -613,10 +744,11 @@ impl<'a> Plan<'a> {
             Tgt::Probs(t) => {
                 let t = &t[position * classes + span.start..position * classes + span.end];
                 if !fast || !p.weight.is_finite() {
-                    self.slow_position(Some(x), out, Some(t), at, lse, s, None, p.weight, 0.0);
+                    let z = self.z_coef(s, lse);
+                    self.slow_position(Some(x), out, Some(t), at, lse, s, None, p.weight, z);
                     return;
                 }
-                let a = (formula::prob_coefficient(f64::from(s), p.weight) / p.lse.sum) as f32;
+                let a = (self.prob_coefficient(s, p.weight, lse) / p.lse.sum) as f32;
                 let term = ProbTerm {
                     s,
                     t,

@@ -164,19 +164,30 @@ impl RayonBackend {
         // D of the mean, from per-unit partials added in unit order (as loss-cpu does): first,
         // in a pass of its own, when the gradient's scale needs it; else in the units' jobs
         // (one fork-join fewer).
+        // (A z-loss needs D and V before the jobs: `Plan::with_denominators`.)
         let mean = plan.reduction() == Reduction::Mean;
-        let d_in_jobs = mean && grad.is_none();
-        let denominator = if mean && !d_in_jobs {
+        let z = plan.z_loss() != 0.0;
+        let d_in_jobs = mean && grad.is_none() && !z;
+        let sum_parts = |part: &(dyn Fn(usize) -> f64 + Sync)| {
             let mut parts = vec![0.0f64; units];
             parts
                 .par_iter_mut()
                 .enumerate()
                 .with_min_len(64)
-                .for_each(|(u, d)| *d = plan.denominator_partial(u));
+                .for_each(|(u, d)| *d = part(u));
             parts.iter().fold(0.0, |a, &d| a + d)
+        };
+        let denominator = if mean && !d_in_jobs {
+            sum_parts(&|u| plan.denominator_partial(u))
         } else {
             f64::NAN
         };
+        let valid = if mean && z {
+            sum_parts(&|u| plan.valid_partial(u))
+        } else {
+            f64::NAN
+        };
+        let plan = plan.with_denominators(denominator, valid);
         if units == 0 {
             if let Some(loss) = loss
                 && !none
@@ -288,6 +299,62 @@ impl RayonBackend {
         });
         call.finish(&partials);
     }
+
+    /// Half logits or a half gradient, nothing else: loss-cpu's widened units on the pool, their
+    /// partials added in unit order.
+    fn widened(&self, problem: &Problem<'_>, plan: &Plan<'_>, mut out: Outputs<'_>) {
+        let (plan, denominator) = plan.ready();
+        let plan = &plan;
+        let units = plan.units();
+        let none = plan.reduction() == Reduction::None;
+        let grad = out.grad.take();
+        let mut loss = out.loss.take();
+        let scale = grad
+            .as_ref()
+            .map(|g| plan.grad_scale(g.grad_output, denominator));
+        // Each unit's own spans of the gradient and (for `none`) of the losses.
+        let mut grads: Vec<Option<loss_core::ElemsMut<'_>>> = Vec::with_capacity(units);
+        let mut rest = grad.map(|g| g.grad);
+        for u in 0..units {
+            let span = plan.unit_logits(u).len();
+            grads.push(rest.take().map(|g| {
+                let (head, tail) = g.split_at_mut(span);
+                rest = Some(tail);
+                head
+            }));
+        }
+        let mut losses: Vec<Option<&mut [f32]>> = match loss.as_deref_mut() {
+            Some(l) if none && units > 0 => l
+                .chunks_mut(plan.unit_positions(0).len())
+                .map(Some)
+                .collect(),
+            _ => (0..units).map(|_| None).collect(),
+        };
+        let mut partials = vec![0.0f64; units];
+        let span = plan.unit_logits(0).len().max(1);
+        let min_len = MIN_TASK_LOGITS.div_ceil(span).max(1);
+        let logits = problem.logits();
+        self.pool.install(|| {
+            partials
+                .par_iter_mut()
+                .zip(grads.par_iter_mut().zip(losses.par_iter_mut()))
+                .enumerate()
+                .with_min_len(min_len)
+                .for_each(|(u, (p, (g, l)))| {
+                    let x = logits.slice(plan.unit_logits(u));
+                    let g = match (scale, g.take()) {
+                        (Some(s), Some(g)) => Some((s, g)),
+                        _ => None,
+                    };
+                    *p = plan.widened_unit(u, x, l.take(), g);
+                });
+        });
+        if let Some(l) = loss
+            && !none
+        {
+            l[0] = plan.reduce(partials.iter().fold(0.0, |a, &p| a + p), denominator);
+        }
+    }
 }
 
 impl LossBackend for RayonBackend {
@@ -297,18 +364,24 @@ impl LossBackend for RayonBackend {
 
     fn compute(&self, problem: &Problem<'_>, mut out: Outputs<'_>) -> Result<()> {
         let wants_grad = out.grad.is_some();
-        let plain = matches!(problem.logits(), Elems::F32(_))
+        let plan = Plan::new(problem);
+        let staged = plan.is_staged(out.wants_stats());
+        let f32_io = matches!(problem.logits(), Elems::F32(_))
             && out
                 .grad
                 .as_ref()
-                .is_none_or(|g| g.grad.dtype() == DType::F32)
-            && !Plan::new(problem).is_staged(out.wants_stats());
+                .is_none_or(|g| g.grad.dtype() == DType::F32);
+        let plain = f32_io && !staged;
         if !plain || self.as_cpu(problem, wants_grad) {
             if plain || !self.parallel(problem, wants_grad) {
                 return loss_cpu::CpuBackend::new().compute(problem, out);
             }
             problem.check_outputs(&out)?;
-            self.staged(problem, &Plan::new(problem), out);
+            if staged {
+                self.staged(problem, &plan, out);
+            } else {
+                self.widened(problem, &plan, out);
+            }
             return Ok(());
         }
         problem.check_outputs(&out)?;

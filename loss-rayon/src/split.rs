@@ -61,14 +61,13 @@ pub(crate) fn run<'a>(
     loss: Option<&mut [f32]>,
     grad: Option<(&[f32], &mut [f32])>,
 ) {
-    let plan = Plan::new(problem);
+    let (plan, d) = Plan::new(problem).ready();
     let logits = problem
         .logits()
         .as_f32()
         .expect("plain problems have f32 logits");
     let partials = row_partials(&plan, logits, parallel);
     let c = problem.classes();
-    let d = plan.mean_denominator();
     if let Some(loss) = loss {
         let losses = partials
             .iter()

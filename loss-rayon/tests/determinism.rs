@@ -81,6 +81,22 @@ fn cases() -> Vec<ProblemData> {
             problem(&[64, 1000], false, 0.0, Reduction::Sum),
             loss_core::DType::F32,
         ),
+        // The fast kernels with a z-loss (D/V folded into one coefficient), on f32 and on
+        // widened bf16 units; bf16 alone (the widened units and the half forward pass).
+        ProblemData {
+            z_loss: 1e-3,
+            ..problem(&[2048, 300], false, 0.1, Reduction::Mean)
+        },
+        ProblemData {
+            z_loss: 1e-3,
+            ..problem(&[16, 20, 300], false, 0.0, Reduction::Mean)
+                .with_dtype(loss_core::DType::Bf16)
+        },
+        problem(&[512, 3000], false, 0.1, Reduction::Mean).with_dtype(loss_core::DType::F16),
+        ProblemData {
+            z_loss: 1e-3,
+            ..problem(&[3, 100_000], false, 0.1, Reduction::Mean)
+        },
     ]
 }
 
@@ -180,7 +196,7 @@ fn split_path_agrees_with_reference() {
             );
         }
     }
-    assert_eq!(split_cases, 3);
+    assert_eq!(split_cases, 4);
 }
 
 /// Logits with a large common offset: the split path's sums are relative to the max, so the

@@ -39,6 +39,14 @@ pub(crate) struct RowParams {
     pub scale: f32,
     /// Segments per row of the split-row kernels (`fused.wgsl`); unused elsewhere.
     pub segments: u32,
+    /// The z-loss coefficient `z`.
+    pub z: f32,
+    /// The z part's gradient coefficient (see `z_coef` in `bindings.wgsl`).
+    pub z_coef: f32,
+    /// The soft-cap `a` (1 when off).
+    pub softcap: f32,
+    /// `1/a`.
+    pub inv_softcap: f32,
 }
 
 /// Bits of [`RowParams::flags`] (`FLAG_*` in `row.wgsl`).
@@ -53,6 +61,27 @@ pub(crate) mod flags {
     pub const PER_POSITION: u32 = 8;
     /// `ε > 0`; with `ε = 0` the smoothing term is left out entirely.
     pub const SMOOTHING: u32 = 16;
+
+    // The extension bits: compile-time constants of every row kernel (`EXT` in
+    // `extensions.wgsl`), so a variant without them is the plain kernel.
+
+    /// `z > 0`: the z part `z·s_i·LSE²` and its gradient.
+    pub const ZLOSS: u32 = 32;
+    /// The logits are soft-capped.
+    pub const SOFTCAP: u32 = 64;
+    /// Position weights `s_i`.
+    pub const POSITION_WEIGHT: u32 = 128;
+    /// Write the per-position LSE.
+    pub const LSE: u32 = 256;
+    /// The z part is reduced apart from the cross-entropy (sum, mean), not added into the loss
+    /// slot (none).
+    pub const Z_APART: u32 = 512;
+    /// The logits (and probability targets) are bf16, two to a word.
+    pub const BF16: u32 = 1024;
+    /// The logits (and probability targets) are f16, two to a word.
+    pub const F16: u32 = 2048;
+    /// Every extension bit.
+    pub const EXT_MASK: u32 = ZLOSS | SOFTCAP | POSITION_WEIGHT | LSE | Z_APART | BF16 | F16;
 }
 
 /// The constants the shaders share with this file, as WGSL, prepended to each shader's source:
@@ -67,12 +96,26 @@ fn prelude() -> String {
          const FLAG_LOSS: u32 = {}u;\n\
          const FLAG_GRAD: u32 = {}u;\n\
          const FLAG_PER_POSITION: u32 = {}u;\n\
-         const FLAG_SMOOTHING: u32 = {}u;\n",
+         const FLAG_SMOOTHING: u32 = {}u;\n\
+         const FLAG_ZLOSS: u32 = {}u;\n\
+         const FLAG_SOFTCAP: u32 = {}u;\n\
+         const FLAG_POSITION_WEIGHT: u32 = {}u;\n\
+         const FLAG_LSE: u32 = {}u;\n\
+         const FLAG_Z_APART: u32 = {}u;\n\
+         const FLAG_BF16: u32 = {}u;\n\
+         const FLAG_F16: u32 = {}u;\n",
         flags::PROBS,
         flags::LOSS,
         flags::GRAD,
         flags::PER_POSITION,
-        flags::SMOOTHING
+        flags::SMOOTHING,
+        flags::ZLOSS,
+        flags::SOFTCAP,
+        flags::POSITION_WEIGHT,
+        flags::LSE,
+        flags::Z_APART,
+        flags::BF16,
+        flags::F16,
     )
 }
 
@@ -167,22 +210,52 @@ impl FusedEntry {
     }
 }
 
+/// The entry points of `row.wgsl` (with `row_access.wgsl` or `narrow.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum RowEntry {
+    /// `row_main`: a workgroup per position.
+    Main,
+    /// `row_serial`: an invocation per position.
+    Serial,
+    /// `narrow_main`: a tile of narrow rows per workgroup.
+    Narrow,
+}
+
+impl RowEntry {
+    fn name(self) -> &'static str {
+        match self {
+            RowEntry::Main => "row_main",
+            RowEntry::Serial => "row_serial",
+            RowEntry::Narrow => "narrow_main",
+        }
+    }
+}
+
+/// A cached pipeline: an entry point and the compile-time constants of its variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PipelineKey {
+    /// `fused.wgsl`: values per invocation and every flag.
+    Fused(FusedEntry, u32, u32),
+    /// `row.wgsl`: the extension bits (the other flags are run-time values there).
+    Row(RowEntry, u32),
+}
+
 /// Adapter, device, queue, pipelines and layouts of one backend.
 pub(crate) struct WgpuContext {
     pub adapter_info: wgpu::AdapterInfo,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub row_layout: wgpu::BindGroupLayout,
-    pub row_pipeline: wgpu::ComputePipeline,
-    pub serial_pipeline: wgpu::ComputePipeline,
-    /// `narrow_main`: narrow contiguous rows, a tile per workgroup.
-    pub narrow_pipeline: wgpu::ComputePipeline,
     /// See [`WgpuOptions::serial_max_classes`].
     pub serial_max_classes: usize,
     /// Workgroups per grid dimension (see [`WgpuOptions::max_workgroups_per_dimension`]).
     pub max_grid: u32,
     pub reduce_layout: wgpu::BindGroupLayout,
     pub reduce_pipeline: wgpu::ComputePipeline,
+    /// `pack.wgsl`'s `pack_bf16` and `pack_f16` (the reduction's layout): an `f32` gradient
+    /// narrowed to a half type.
+    pub pack_bf16_pipeline: wgpu::ComputePipeline,
+    pub pack_f16_pipeline: wgpu::ComputePipeline,
     /// Largest storage binding (and buffer) this backend creates, in bytes: a multiple of 4.
     pub max_binding_bytes: u64,
     /// See [`WgpuOptions::fused_max_classes`] (0, or a power of two times [`WORKGROUP`]).
@@ -195,8 +268,9 @@ pub(crate) struct WgpuContext {
     pub timestamps: bool,
     /// The optional features the device was opened with.
     pub features: wgpu::Features,
-    /// `fused.wgsl` pipelines by (entry, values per invocation, flags), built on first use.
-    fused: Mutex<HashMap<(FusedEntry, u32, u32), Arc<wgpu::ComputePipeline>>>,
+    /// The row kernels' pipelines by entry point and variant, built on first use (the plain
+    /// `row.wgsl` ones when the context is made).
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     /// Queue submissions so far (the tests count them per call).
     submits: AtomicU64,
     /// Errors the device reported outside any call's control (validation, out of memory),
@@ -275,17 +349,24 @@ fn params_entry(size: usize) -> wgpu::BindGroupLayoutEntry {
 }
 
 /// What every row-kernel module ends with: its parameters and bindings
-/// (`shaders/bindings.wgsl`), and the helpers, mergeable row state and per-element formulas
-/// (`shaders/common.wgsl`).
+/// (`shaders/bindings.wgsl`), the helpers, mergeable row state and per-element formulas
+/// (`shaders/common.wgsl`), and the element accessors and extensions' epilogue
+/// (`shaders/extensions.wgsl`, which reads the module's `EXT`).
 const COMMON: &str = concat!(
     include_str!("shaders/bindings.wgsl"),
-    include_str!("shaders/common.wgsl")
+    include_str!("shaders/common.wgsl"),
+    include_str!("shaders/extensions.wgsl")
 );
 
-/// `row.wgsl` with the accessors of one of its kernels, and the shared-memory merges.
-fn row_source(access: &str) -> String {
+/// `row.wgsl` for the extension bits `ext` (its `EXT`) with the accessors of one of its
+/// kernels, and the shared-memory merges.
+fn row_source(entry: RowEntry, ext: u32) -> String {
+    let access = match entry {
+        RowEntry::Narrow => include_str!("shaders/narrow.wgsl"),
+        RowEntry::Main | RowEntry::Serial => include_str!("shaders/row_access.wgsl"),
+    };
     format!(
-        "{}{access}{}{COMMON}",
+        "const EXT: u32 = {ext}u;\n{}{access}{}{COMMON}",
         include_str!("shaders/row.wgsl"),
         include_str!("shaders/reduce_shared.wgsl")
     )
@@ -344,11 +425,10 @@ impl WgpuContext {
         let max_binding_bytes = max_binding / 4 * 4;
         limits.max_storage_buffer_binding_size = max_binding_bytes;
         // Every optional feature the kernels can use, where the adapter has it: subgroups for
-        // the merges, timestamps for GPU time, f16 for half-precision logits.
-        let features = adapter.features()
-            & (wgpu::Features::SUBGROUP
-                | wgpu::Features::TIMESTAMP_QUERY
-                | wgpu::Features::SHADER_F16);
+        // the merges, timestamps for GPU time. Not `SHADER_F16`: half logits are widened with
+        // core WGSL (`extensions.wgsl`) so that every kernel computes in f32.
+        let features =
+            adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("loss-wgpu"),
@@ -392,30 +472,20 @@ impl WgpuContext {
                 storage_entry(2, false),
             ],
         });
-        let row_module = module(
+        let pack_module = module(&device, "pack", include_str!("shaders/pack.wgsl"));
+        let pack_bf16_pipeline = pipeline(
             &device,
-            "row",
-            &row_source(include_str!("shaders/row_access.wgsl")),
+            "pack_bf16",
+            &pack_module,
+            "pack_bf16",
+            &reduce_layout,
         );
-        let narrow_module = module(
+        let pack_f16_pipeline = pipeline(
             &device,
-            "narrow",
-            &row_source(include_str!("shaders/narrow.wgsl")),
-        );
-        let narrow_pipeline = pipeline(
-            &device,
-            "narrow",
-            &narrow_module,
-            "narrow_main",
-            &row_layout,
-        );
-        let row_pipeline = pipeline(&device, "row", &row_module, "row_main", &row_layout);
-        let serial_pipeline = pipeline(
-            &device,
-            "row_serial",
-            &row_module,
-            "row_serial",
-            &row_layout,
+            "pack_f16",
+            &pack_module,
+            "pack_f16",
+            &reduce_layout,
         );
         let reduce_module = module(&device, "reduce", include_str!("shaders/reduce.wgsl"));
         let reduce_pipeline = pipeline(
@@ -446,23 +516,26 @@ impl WgpuContext {
                 && features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             features,
-            fused: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
             submits: AtomicU64::new(0),
             adapter_info,
             device,
             queue,
             row_layout,
-            row_pipeline,
-            serial_pipeline,
-            narrow_pipeline,
             // A narrow tile must hold at least one row.
             serial_max_classes: options.serial_max_classes.min(NARROW_TILE as usize),
             max_grid,
             reduce_layout,
             reduce_pipeline,
+            pack_bf16_pipeline,
+            pack_f16_pipeline,
             max_binding_bytes,
             errors,
         };
+        // The plain row kernels now, so that a broken build of them shows here.
+        for entry in [RowEntry::Main, RowEntry::Serial, RowEntry::Narrow] {
+            context.row_pipeline(entry, 0);
+        }
         context.check_errors()?;
         Ok(context)
     }
@@ -517,8 +590,12 @@ impl WgpuContext {
         vpt: u32,
         flags: u32,
     ) -> Arc<wgpu::ComputePipeline> {
-        let mut cache = self.fused.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = cache.get(&(entry, vpt, flags)) {
+        let key = PipelineKey::Fused(entry, vpt, flags);
+        let mut cache = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = cache.get(&key) {
             return Arc::clone(p);
         }
         let source = fused_source(vpt, flags, self.subgroups);
@@ -545,7 +622,32 @@ impl WgpuContext {
             entry.name(),
             &self.row_layout,
         ));
-        cache.insert((entry, vpt, flags), Arc::clone(&p));
+        cache.insert(key, Arc::clone(&p));
+        p
+    }
+
+    /// The `row.wgsl` pipeline of an entry point for the extension bits `ext` (the variant's
+    /// `EXT`; the other flags are run-time values of these kernels), compiled on first use and
+    /// cached.
+    pub(crate) fn row_pipeline(&self, entry: RowEntry, ext: u32) -> Arc<wgpu::ComputePipeline> {
+        let ext = ext & flags::EXT_MASK;
+        let key = PipelineKey::Row(entry, ext);
+        let mut cache = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = cache.get(&key) {
+            return Arc::clone(p);
+        }
+        let module = module(&self.device, entry.name(), &row_source(entry, ext));
+        let p = Arc::new(pipeline(
+            &self.device,
+            entry.name(),
+            &module,
+            entry.name(),
+            &self.row_layout,
+        ));
+        cache.insert(key, Arc::clone(&p));
         p
     }
 }
@@ -571,7 +673,9 @@ fn fused_source(vpt: u32, flags: u32, subgroups: bool) -> String {
         )
     };
     format!(
-        "{head}{}const VPT: u32 = {vpt}u;\nconst FLAGS: u32 = {flags}u;\n{body}\n{merges}{COMMON}",
-        prelude()
+        "{head}{}const VPT: u32 = {vpt}u;\nconst FLAGS: u32 = {flags}u;\nconst EXT: u32 = {}u;\n\
+         {body}\n{merges}{COMMON}",
+        prelude(),
+        flags & flags::EXT_MASK
     )
 }

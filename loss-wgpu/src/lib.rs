@@ -45,7 +45,9 @@
 //! per invocation are compile-time constants of the `fused.wgsl` pipelines: one pipeline per
 //! variant, built on first use and cached, with no run-time branch on them. Those modules are
 //! created without naga's loop bounding (every loop has a constant or host-given trip count);
-//! bounds checks stay.
+//! bounds checks stay. The element type and the extensions (below) are compile-time constants
+//! of every kernel's pipelines, `row.wgsl`'s included, so a plain `f32` problem runs the plain
+//! kernels, with nothing of the extensions in them.
 //!
 //! Workgroup merges use `subgroupShuffleXor` butterflies where the adapter has subgroups. The
 //! butterfly has a fixed pattern for the device's fixed subgroup size, so it is deterministic.
@@ -67,6 +69,43 @@
 //!
 //! Index targets are uploaded as `u32` (WGSL has no 64-bit integers); `ignore_index` becomes
 //! a reserved value during that conversion, on the host.
+//!
+//! ## Element types
+//!
+//! bf16 and f16 logits (and probability targets) are uploaded as their raw 2-byte elements,
+//! two to a `u32` word, and widened on the device in the one accessor every kernel reads them
+//! through (`src/shaders/extensions.wgsl`): bf16 is the top half of an `f32`
+//! (`bitcast<f32>(bits << 16)`), f16 goes through core WGSL's `unpack2x16float`, which is exact
+//! (every f16 is an `f32`) and needs no device feature. `shader-f16` is not used, even where
+//! the adapter has it: it gives f16 *arithmetic*, and the kernels want `f32` arithmetic on the
+//! widened values. So a half problem runs exactly the dispatches and arithmetic of the `f32`
+//! problem of its widened values: the same bits, only the loads differ (the test
+//! `half_elements_widen_exactly` checks every bit pattern of both types on the device). The
+//! chunking counts 4 bytes an element whatever the type (the `f32` gradient).
+//!
+//! A gradient asked for in a half type is computed in `f32`, then narrowed on the device by a
+//! small pass (`src/shaders/pack.wgsl`) that packs two rounded elements per word, and read back
+//! at 2 bytes an element. A pass, not the kernels themselves: in none of the kernel families do
+//! the two elements of a word belong to one invocation (`fused_main` gives neighbouring classes
+//! to neighbouring invocations, rows of odd length share words, strided rows interleave). The
+//! rounding is to nearest even, once, on the bits in integers: bf16 with
+//! `bits + 0x7fff + lsb` (NaN kept NaN), f16 as the `half` crate's conversion (subnormals,
+//! overflow to ±∞), not `pack2x16float`, which WGSL leaves indeterminate out of the f16 range.
+//!
+//! ## Extensions
+//!
+//! The soft-cap (`x̃ = a·tanh(x/a)`, `−∞ → −a`) is applied in the same accessor, so every kernel
+//! sees capped logits; the gradient is multiplied by `1 − (x̃/a)²` where it is written. The tanh
+//! is the kernels' own (Cephes' `tanhf` without its cancellation), within 3.2 ulp on lavapipe;
+//! its bound is stated in `extensions.wgsl`. Position weights, the z-loss and the per-position
+//! LSE live in each kernel family's per-position epilogue (`store_position`, `grad_factors`,
+//! `finish_grad`): `s_i·L_i` and `z·s_i·LSE_i²` per position, the LSE written beside them when
+//! asked (ignored positions included), and `2·z·s_i·LSE_i·p` added to the gradient's
+//! coefficient of `p`. For `sum` and `mean` the z parts are reduced by the same fixed trees as
+//! the cross-entropy, apart from it (the mean divides them by `V = Σ_valid s_i`, the
+//! cross-entropy by `D`); `D`, `V` and the upstream scales come from loss-core's `formula`, in
+//! `f64`, on the host. [`LossBackend::compute`] asks the device for exactly what an
+//! [`Outputs`] names, in one submission.
 //!
 //! ## Two ways to call it
 //!
@@ -99,11 +138,18 @@
 //!
 //! ## Precision
 //!
-//! Everything is `f32`; sums run in fixed trees of at most a few thousand sequential terms per
-//! invocation, which keeps the conformance tolerance (`rtol 1e-4`, `atol 1e-5`) at `C = 256K`,
-//! so the backend keeps the file's tolerance ([`LossBackend::tolerance`] is not overridden).
-//! `LSE − x` is evaluated as `(max − x) + ln Σ` so that large logits lose no digits. The mean's
-//! denominator `D` (and `W = Σ w`) is summed on the host in `f64` at upload.
+//! Everything is `f32` (half inputs widened exactly, half gradients rounded once from `f32`);
+//! sums run in fixed trees of at most a few thousand sequential terms per invocation, which
+//! keeps the conformance tolerance (`rtol 1e-4`, `atol 1e-5`) at `C = 256K`, so the backend
+//! keeps the file's tolerance ([`LossBackend::tolerance`] is not overridden; half-typed
+//! gradients are held to the file's per-type tolerance). `LSE − x` is evaluated as
+//! `(max − x) + ln Σ` so that large logits lose no digits. The mean's denominators `D` and `V`
+//! (and `W = Σ w`) are summed on the host in `f64` at upload.
+//!
+//! A combination the backend cannot run is a
+//! [`LossError::Unsupported`](loss_core::LossError::Unsupported), never a fallback: a batch item
+//! whose logits (at 4 bytes each) or per-position outputs (3 values each) do not fit one storage
+//! binding.
 
 mod context;
 mod resident;
@@ -111,7 +157,7 @@ mod workspace;
 
 use std::sync::{Arc, Mutex};
 
-use loss_core::{LossBackend, Problem, Result};
+use loss_core::{DType, ElemsMut, LossBackend, Outputs, Problem, Result};
 
 use context::WgpuContext;
 pub use context::{
@@ -119,7 +165,7 @@ pub use context::{
     WgpuOptions,
 };
 pub use resident::DeviceProblem;
-use workspace::Workspace;
+use workspace::{Dest, Request, Workspace};
 
 /// The backend's [`LossBackend::name`].
 pub const NAME: &str = "wgpu";
@@ -309,8 +355,8 @@ impl WgpuBackend {
         Ok(2.0 * bytes as f64 / best / 1e9)
     }
 
-    /// The optional device features the backend opened (subgroups, timestamp queries, f16),
-    /// where the adapter has them.
+    /// The optional device features the backend opened (subgroups, timestamp queries), where
+    /// the adapter has them. Half logits need none (see the [crate docs](crate#element-types)).
     pub fn features(&self) -> wgpu::Features {
         self.ctx.features
     }
@@ -324,6 +370,15 @@ impl WgpuBackend {
     /// fused call makes one.
     pub fn submissions(&self) -> u64 {
         self.ctx.submits()
+    }
+
+    /// The device pass that narrows an `f32` gradient to a half type (`shaders/pack.wgsl`) on
+    /// `values` alone, as the half type's bits: for tests of its rounding (to nearest even,
+    /// once). A [`LossError::Backend`](loss_core::LossError::Backend) for `f32` or more values
+    /// than one binding holds.
+    #[doc(hidden)]
+    pub fn narrow_on_device(&self, values: &[f32], dtype: DType) -> Result<Vec<u16>> {
+        workspace::pack_values(&self.ctx, values, dtype)
     }
 
     /// Copies a validated problem to the device, for repeated runs without host transfers of
@@ -357,39 +412,49 @@ impl LossBackend for WgpuBackend {
         NAME
     }
 
-    fn forward_into(&self, problem: &Problem<'_>, loss: &mut [f32]) -> Result<()> {
-        problem.check_loss_buffer(loss)?;
+    /// One queue submission for everything `out` asks: the kernels run with the loss only when
+    /// the loss (or the z part) is asked, the gradient only when it is (forward, backward and
+    /// fused are each their own fast path), the per-position LSE written beside them when asked,
+    /// and a half-typed gradient packed on the device before it is read back.
+    fn compute(&self, problem: &Problem<'_>, out: Outputs<'_>) -> Result<()> {
+        problem.check_outputs(&out)?;
+        let Outputs {
+            loss,
+            lse,
+            mut z_loss,
+            grad,
+            ..
+        } = out;
+        let z_on = problem.z_loss() > 0.0;
+        let (grad_output, grad) = match grad {
+            Some(g) => (Some(g.grad_output), Some(g.grad)),
+            None => (None, None),
+        };
+        let request = Request {
+            loss: loss.is_some() || (z_on && z_loss.is_some()),
+            lse: lse.is_some(),
+            grad_output,
+            grad_dtype: grad.as_ref().map_or(DType::F32, ElemsMut::dtype),
+        };
+        if !request.loss && !request.lse && grad_output.is_none() {
+            // Nothing for the device: at most the z part of a problem without the z-loss.
+            if let Some(z) = z_loss.as_deref_mut() {
+                z.fill(0.0);
+            }
+            return Ok(());
+        }
         self.with_scratch(problem, |ctx, ws| {
-            let at = ws.run(ctx, true, None)?;
-            ws.read(ctx, at, Some(loss), None)
-        })
-    }
-
-    fn backward_into(
-        &self,
-        problem: &Problem<'_>,
-        grad_output: &[f32],
-        grad: &mut [f32],
-    ) -> Result<()> {
-        problem.check_backward(grad_output, grad)?;
-        self.with_scratch(problem, |ctx, ws| {
-            ws.run(ctx, false, Some(grad_output))?;
-            ws.read(ctx, None, None, Some(grad))
-        })
-    }
-
-    fn forward_backward_into(
-        &self,
-        problem: &Problem<'_>,
-        grad_output: &[f32],
-        loss: &mut [f32],
-        grad: &mut [f32],
-    ) -> Result<()> {
-        problem.check_loss_buffer(loss)?;
-        problem.check_backward(grad_output, grad)?;
-        self.with_scratch(problem, |ctx, ws| {
-            let at = ws.run(ctx, true, Some(grad_output))?;
-            ws.read(ctx, at, Some(loss), Some(grad))
+            let at = ws.run(ctx, &request)?;
+            ws.read(
+                ctx,
+                at,
+                Dest {
+                    loss,
+                    z_loss,
+                    lse,
+                    grad,
+                },
+            )
         })
     }
 }

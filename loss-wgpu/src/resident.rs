@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use loss_core::{LossError, Problem, Result};
+use loss_core::{DType, ElemsMut, LossError, Problem, Result};
 
 use crate::context::{WgpuContext, backend_error};
-use crate::workspace::Workspace;
+use crate::workspace::{Dest, Request, Workspace};
 
 /// A problem whose logits, targets and weights live on the device (from
 /// [`crate::WgpuBackend::upload`]). It owns its buffers, so it does not contend with the
@@ -13,7 +13,9 @@ use crate::workspace::Workspace;
 ///
 /// Every run method submits the work and returns once the device has finished it. Only the
 /// values a method names cross back to the host: the loss (one value for sum and mean, one per
-/// position for none) and, through [`DeviceProblem::read_grad`], the gradient.
+/// position for none; the z part included) and, through [`DeviceProblem::read_grad`], the
+/// gradient (in `f32`). Any problem the backend takes can be uploaded: half logits stay half on
+/// the device, and the extensions run in the same kernels as end to end.
 pub struct DeviceProblem {
     ctx: Arc<WgpuContext>,
     ws: Workspace,
@@ -60,8 +62,8 @@ impl DeviceProblem {
     /// Computes the loss and writes it into `loss` ([`DeviceProblem::loss_len`] values).
     pub fn forward_into(&mut self, loss: &mut [f32]) -> Result<()> {
         Self::check_len("loss", self.loss_len(), loss.len())?;
-        let at = self.ws.run(&self.ctx, true, None)?;
-        self.ws.read(&self.ctx, at, Some(loss), None)
+        let at = self.ws.run(&self.ctx, &Request::loss())?;
+        self.ws.read(&self.ctx, at, Dest::loss(loss))
     }
 
     /// Computes the loss, in a new vector. No gradient is computed.
@@ -77,8 +79,12 @@ impl DeviceProblem {
     pub fn forward_backward_into(&mut self, grad_output: &[f32], loss: &mut [f32]) -> Result<()> {
         Self::check_len("grad_output", self.loss_len(), grad_output.len())?;
         Self::check_len("loss", self.loss_len(), loss.len())?;
-        let at = self.ws.run(&self.ctx, true, Some(grad_output))?;
-        self.ws.read(&self.ctx, at, Some(loss), None)
+        let request = Request {
+            grad_output: Some(grad_output),
+            ..Request::loss()
+        };
+        let at = self.ws.run(&self.ctx, &request)?;
+        self.ws.read(&self.ctx, at, Dest::loss(loss))
     }
 
     /// [`DeviceProblem::forward_backward_into`] returning the loss in a new vector.
@@ -92,7 +98,13 @@ impl DeviceProblem {
     /// finish; nothing is read back (see [`DeviceProblem::read_grad`]).
     pub fn backward(&mut self, grad_output: &[f32]) -> Result<()> {
         Self::check_len("grad_output", self.loss_len(), grad_output.len())?;
-        self.ws.run(&self.ctx, false, Some(grad_output))?;
+        let request = Request {
+            loss: false,
+            lse: false,
+            grad_output: Some(grad_output),
+            grad_dtype: DType::F32,
+        };
+        self.ws.run(&self.ctx, &request)?;
         self.ws.finish(&self.ctx)
     }
 
@@ -106,7 +118,11 @@ impl DeviceProblem {
                 "read_grad: no gradient has been computed for this upload yet",
             ));
         }
-        self.ws.read(&self.ctx, None, None, Some(grad))
+        let dest = Dest {
+            grad: Some(ElemsMut::F32(grad)),
+            ..Dest::default()
+        };
+        self.ws.read(&self.ctx, None, dest)
     }
 
     /// The GPU time of the last call that read something back (timestamps around its passes),

@@ -1,21 +1,27 @@
 //! Device buffers for one problem, and the passes that run on them.
 //!
 //! A [`Workspace`] holds the problem's data split into chunks (ranges of batch items, each of
-//! which fits one storage binding), the per-position losses, the gradient and the readback
-//! staging. Buffers only grow: loading a problem that fits the current capacities writes into
-//! the existing device buffers (the host still makes small per-call allocations: the parameter
-//! blocks, and wgpu's own staging for each write).
+//! which fits one storage binding), the per-position outputs (loss slot, z part, LSE), the
+//! gradient (and its half-typed packing) and the readback staging. Buffers only grow: loading a
+//! problem that fits the current capacities writes into the existing device buffers (the host
+//! still makes small per-call allocations: the parameter blocks, and wgpu's own staging for each
+//! write).
+//!
+//! Logits and probability targets are uploaded as their raw elements (4 or 2 bytes each, padded
+//! to a whole word), whatever their type; the chunking is the same for every type (it counts 4
+//! bytes an element: the `f32` gradient), so a half problem runs exactly the dispatches of the
+//! `f32` problem of its widened values.
 
 use std::num::NonZeroU64;
 use std::sync::mpsc;
 
-use loss_core::formula::{self, GradScale, Scalars};
-use loss_core::{Layout, LossError, Problem, Reduction, Result, TargetData};
+use loss_core::formula::{self, DenominatorParts, GradScale, Scalars};
+use loss_core::{DType, ElemsMut, Layout, LossError, Problem, Reduction, Result, TargetData};
 
 use crate::NAME;
 use crate::context::{
-    FusedEntry, IGNORED, NARROW_TILE, PARAM_STRIDE, REDUCE_BLOCK, ReduceParams, RowParams,
-    WORKGROUP, WgpuContext, backend_error, flags,
+    FusedEntry, IGNORED, NARROW_TILE, PARAM_STRIDE, REDUCE_BLOCK, ReduceParams, RowEntry,
+    RowParams, WORKGROUP, WgpuContext, backend_error, flags,
 };
 
 /// With a strided class axis (`inner > 1`) at least this long, one position per invocation
@@ -145,9 +151,13 @@ const STAGING: wgpu::BufferUsages =
 struct ChunkBuffers {
     logits: GrowBuffer,
     targets: GrowBuffer,
+    /// Per position: the upstream gradient (`none`), then the position weights.
     grad_output: GrowBuffer,
+    /// Per position: the loss slot, then the z part, then the LSE.
     row_loss: GrowBuffer,
     grad: GrowBuffer,
+    /// The gradient narrowed to a half type (`pack.wgsl`), two elements a word.
+    grad_half: GrowBuffer,
     /// The split-row kernels' per-segment partials.
     split: GrowBuffer,
 }
@@ -160,6 +170,7 @@ impl ChunkBuffers {
             grad_output: GrowBuffer::new(ctx, "grad_output", STORAGE_IN),
             row_loss: GrowBuffer::new(ctx, "row_loss", STORAGE_OUT),
             grad: GrowBuffer::new(ctx, "grad", STORAGE_OUT),
+            grad_half: GrowBuffer::new(ctx, "grad_half", STORAGE_OUT),
             split: GrowBuffer::new(ctx, "split_partials", STORAGE_OUT),
         }
     }
@@ -183,10 +194,71 @@ struct Loaded {
     probs: bool,
     eps: f32,
     total_weight: f32,
-    /// The mean's denominator (`Σ valid w[y]`, or `P`), summed on the host in f64.
+    /// The mean's denominator `D` (`Σ valid s·w[y]`, or `Σ s`), summed on the host in f64.
     denominator: f64,
+    /// The z part's denominator for mean, `V = Σ valid s`, summed on the host in f64.
+    valid: f64,
     reduction: Reduction,
     kernel: Kernel,
+    /// The extension bits of the problem itself (`ZLOSS`, `SOFTCAP`, `POSITION_WEIGHT`, the
+    /// element type).
+    ext: u32,
+    /// `z` (0: off).
+    z: f32,
+    /// The soft-cap `a`, when on.
+    softcap: Option<f32>,
+    /// First-level partials of one reduction tree: where the z part's tree starts.
+    partial_count: u32,
+}
+
+impl Loaded {
+    fn z_on(&self) -> bool {
+        self.ext & flags::ZLOSS != 0
+    }
+}
+
+/// What one call asks the device for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request<'g> {
+    /// The loss (and, with the z-loss on, the z part).
+    pub loss: bool,
+    /// The per-position LSE.
+    pub lse: bool,
+    /// The upstream gradient, when the gradient is wanted.
+    pub grad_output: Option<&'g [f32]>,
+    /// The type the gradient is read back in (a half type adds the packing pass).
+    pub grad_dtype: DType,
+}
+
+impl Request<'_> {
+    /// Just the loss.
+    pub(crate) fn loss() -> Self {
+        Request {
+            loss: true,
+            lse: false,
+            grad_output: None,
+            grad_dtype: DType::F32,
+        }
+    }
+}
+
+/// Where [`Workspace::read`] puts what was computed.
+#[derive(Debug, Default)]
+pub(crate) struct Dest<'o> {
+    pub loss: Option<&'o mut [f32]>,
+    pub z_loss: Option<&'o mut [f32]>,
+    pub lse: Option<&'o mut [f32]>,
+    pub grad: Option<ElemsMut<'o>>,
+}
+
+impl<'o> Dest<'o> {
+    /// Just the loss.
+    pub(crate) fn loss(loss: &'o mut [f32]) -> Self {
+        Dest {
+            loss: Some(loss),
+            ..Dest::default()
+        }
+    }
 }
 
 /// Device buffers for one problem at a time (see the module docs).
@@ -197,8 +269,12 @@ pub(crate) struct Workspace {
     reduce_params: GrowBuffer,
     partials: [GrowBuffer; 2],
     staging: GrowBuffer,
+    /// Per-chunk parameters of the packing pass (its element count).
+    pack_params: GrowBuffer,
     row_groups: Vec<wgpu::BindGroup>,
     reduce_groups: Vec<wgpu::BindGroup>,
+    /// Per chunk: its `f32` gradient into its packed half gradient.
+    pack_groups: Vec<wgpu::BindGroup>,
     stale_groups: bool,
     loaded: Option<Loaded>,
     grad_ready: bool,
@@ -219,6 +295,43 @@ fn f32_bytes(values: &[f32]) -> &[u8] {
 
 fn bytes_of(n: usize) -> u64 {
     n as u64 * 4
+}
+
+/// Bytes of `n` elements of `dtype`, rounded up to whole words.
+fn elem_bytes(n: usize, dtype: DType) -> u64 {
+    (n as u64 * dtype.size() as u64).next_multiple_of(4)
+}
+
+/// Writes `bytes` at the start of `buffer`, padded with zeros to a whole word (wgpu writes whole
+/// words; a half tensor of odd length is not one).
+fn write_words(ctx: &WgpuContext, buffer: &wgpu::Buffer, bytes: &[u8]) {
+    if bytes.len().is_multiple_of(4) {
+        ctx.queue.write_buffer(buffer, 0, bytes);
+    } else {
+        let mut padded = bytes.to_vec();
+        padded.resize(bytes.len().next_multiple_of(4), 0);
+        ctx.queue.write_buffer(buffer, 0, &padded);
+    }
+}
+
+/// The extension bits of a problem's own options and element type.
+fn problem_ext(problem: &Problem<'_>) -> u32 {
+    let mut ext = 0;
+    if problem.z_loss() > 0.0 {
+        ext |= flags::ZLOSS;
+    }
+    if problem.softcap().is_some() {
+        ext |= flags::SOFTCAP;
+    }
+    if problem.position_weight().is_some() {
+        ext |= flags::POSITION_WEIGHT;
+    }
+    match problem.dtype() {
+        DType::F32 => {}
+        DType::Bf16 => ext |= flags::BF16,
+        DType::F16 => ext |= flags::F16,
+    }
+    ext
 }
 
 fn uniform(buffer: &GrowBuffer, size: usize) -> wgpu::BindingResource<'_> {
@@ -261,8 +374,10 @@ impl Workspace {
                 GrowBuffer::new(ctx, "partials_b", STORAGE_OUT),
             ],
             staging: GrowBuffer::new(ctx, "staging", STAGING),
+            pack_params: GrowBuffer::new(ctx, "pack_params", UNIFORM),
             row_groups: Vec::new(),
             reduce_groups: Vec::new(),
+            pack_groups: Vec::new(),
             stale_groups: true,
             loaded: None,
             grad_ready: false,
@@ -316,26 +431,31 @@ impl Workspace {
         self.grad_ready
     }
 
-    /// Splits the batch into spans whose logits fit one binding.
+    /// Splits the batch into spans whose logits (as `f32`: the gradient) and per-position
+    /// outputs (3 values a position: loss slot, z part, LSE) fit one binding. The same spans for
+    /// every element type.
     fn spans(ctx: &WgpuContext, layout: Layout) -> Result<Vec<Span>> {
         if layout.positions() == 0 {
             return Ok(Vec::new());
         }
         let item_elems = layout.classes * layout.inner;
         let item_bytes = bytes_of(item_elems);
-        if item_bytes > ctx.max_binding_bytes {
+        let item_outputs = bytes_of(3 * layout.inner);
+        if item_bytes.max(item_outputs) > ctx.max_binding_bytes {
             return Err(LossError::Unsupported {
                 backend: NAME.to_string(),
                 feature: format!(
-                    "a batch item of {item_elems} logits ({item_bytes} bytes) larger than one \
-                     storage binding ({} bytes)",
+                    "a batch item of {item_elems} logits ({item_bytes} bytes, {item_outputs} \
+                     bytes of per-position outputs) larger than one storage binding ({} bytes)",
                     ctx.max_binding_bytes
                 ),
             });
         }
-        let items_per_span = usize::try_from(ctx.max_binding_bytes / item_bytes)
-            .unwrap_or(usize::MAX)
-            .max(1);
+        let items_per_span = usize::try_from(
+            (ctx.max_binding_bytes / item_bytes).min(ctx.max_binding_bytes / item_outputs),
+        )
+        .unwrap_or(usize::MAX)
+        .max(1);
         Ok((0..layout.batch)
             .step_by(items_per_span)
             .map(|first| {
@@ -365,7 +485,16 @@ impl Workspace {
             .map_or_else(|| vec![1.0; classes], <[f32]>::to_vec);
         let scalars = Scalars::of(problem);
         let probs = matches!(problem.target(), TargetData::Probs(_));
-        let denominator = formula::denominator_over(problem, 0..layout.positions());
+        let parts = DenominatorParts::of(problem);
+        let denominator = parts.over(0..layout.positions());
+        let ext = problem_ext(problem);
+        // V is only read with the z-loss on.
+        let valid = if ext & flags::ZLOSS != 0 {
+            parts.valid().over(0..layout.positions())
+        } else {
+            0.0
+        };
+        let dtype = problem.dtype();
 
         let mut stale = self.weights.ensure(ctx, bytes_of(classes), limit);
         ctx.queue
@@ -376,7 +505,7 @@ impl Workspace {
         }
         let mut partial_count = 0u64;
         for (span, chunk) in spans.iter().zip(&mut self.chunks) {
-            let elems = bytes_of(span.elems);
+            let elems = elem_bytes(span.elems, dtype);
             let positions = bytes_of(span.positions);
             stale |= chunk.logits.ensure(ctx, elems, limit);
             stale |= chunk.row_loss.ensure(ctx, positions, limit);
@@ -387,9 +516,12 @@ impl Workspace {
                 )));
             }
             stale |= chunk.split.ensure(ctx, split, limit);
-            let logits = &problem.logits()[span.first_elem..span.first_elem + span.elems];
-            ctx.queue
-                .write_buffer(&chunk.logits.buffer, 0, f32_bytes(logits));
+            let range = span.first_elem..span.first_elem + span.elems;
+            write_words(
+                ctx,
+                &chunk.logits.buffer,
+                problem.logits().slice(range.clone()).bytes(),
+            );
             match problem.target() {
                 TargetData::Indices(y) => {
                     stale |= chunk.targets.ensure(ctx, positions, limit);
@@ -406,10 +538,15 @@ impl Workspace {
                 }
                 TargetData::Probs(t) => {
                     stale |= chunk.targets.ensure(ctx, elems, limit);
-                    let t = &t[span.first_elem..span.first_elem + span.elems];
-                    ctx.queue
-                        .write_buffer(&chunk.targets.buffer, 0, f32_bytes(t));
+                    write_words(ctx, &chunk.targets.buffer, t.slice(range).bytes());
                 }
+            }
+            if let Some(s) = problem.position_weight() {
+                // After the upstream gradient's slots (written per call for `none`).
+                stale |= chunk.grad_output.ensure(ctx, 2 * positions, limit);
+                let s = &s[span.first_position..span.first_position + span.positions];
+                ctx.queue
+                    .write_buffer(&chunk.grad_output.buffer, positions, f32_bytes(s));
             }
             partial_count += u64::from(
                 u32::try_from(span.positions)
@@ -419,7 +556,9 @@ impl Workspace {
         }
         let params_bytes = PARAM_STRIDE * (spans.len() as u64).max(1);
         stale |= self.row_params.ensure(ctx, params_bytes, u64::MAX);
-        // Reduction stages: one per chunk, then one per level over the partials.
+        stale |= self.pack_params.ensure(ctx, params_bytes, u64::MAX);
+        // Reduction stages: one per chunk, then one per level over the partials; twice that
+        // with the z part's tree.
         let mut stages = spans.len() as u64;
         let mut n = partial_count;
         while n > 1 {
@@ -428,9 +567,10 @@ impl Workspace {
         }
         stale |= self
             .reduce_params
-            .ensure(ctx, PARAM_STRIDE * stages.max(1), u64::MAX);
+            .ensure(ctx, PARAM_STRIDE * 2 * stages.max(1), u64::MAX);
+        let trees = if ext & flags::ZLOSS != 0 { 2 } else { 1 };
         for p in &mut self.partials {
-            stale |= p.ensure(ctx, bytes_of(partial_count as usize), u64::MAX);
+            stale |= p.ensure(ctx, bytes_of(trees * partial_count as usize), u64::MAX);
         }
         self.stale_groups |= stale;
         if self.stale_groups {
@@ -443,8 +583,14 @@ impl Workspace {
             eps: problem.label_smoothing(),
             total_weight: scalars.total_weight as f32,
             denominator,
+            valid,
             reduction: problem.reduction(),
             kernel,
+            ext,
+            z: problem.z_loss(),
+            softcap: problem.softcap(),
+            partial_count: u32::try_from(partial_count)
+                .map_err(|_| backend_error("too many loss partials"))?,
         });
         self.last_params.clear();
         ctx.check_errors()
@@ -471,66 +617,99 @@ impl Workspace {
                 })
             })
             .collect();
-        let reduce = |src: &GrowBuffer, dst: &GrowBuffer| {
+        let reduce = |params: &GrowBuffer, src: &GrowBuffer, dst: &GrowBuffer| {
             ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("reduce"),
                 layout: &ctx.reduce_layout,
                 entries: &[
-                    entry(0, uniform(&self.reduce_params, size_of::<ReduceParams>())),
+                    entry(0, uniform(params, size_of::<ReduceParams>())),
                     entry(1, whole(src)),
                     entry(2, whole(dst)),
                 ],
             })
         };
         // Per chunk: its losses into partials[0]; then partials[0] -> [1] and [1] -> [0].
+        let params = &self.reduce_params;
         let mut groups: Vec<wgpu::BindGroup> = self
             .chunks
             .iter()
-            .map(|c| reduce(&c.row_loss, &self.partials[0]))
+            .map(|c| reduce(params, &c.row_loss, &self.partials[0]))
             .collect();
-        groups.push(reduce(&self.partials[0], &self.partials[1]));
-        groups.push(reduce(&self.partials[1], &self.partials[0]));
+        groups.push(reduce(params, &self.partials[0], &self.partials[1]));
+        groups.push(reduce(params, &self.partials[1], &self.partials[0]));
         self.reduce_groups = groups;
+        // The packing pass has the reduction's layout: its count, the f32 gradient, the words.
+        self.pack_groups = self
+            .chunks
+            .iter()
+            .map(|c| reduce(&self.pack_params, &c.grad, &c.grad_half))
+            .collect();
         self.stale_groups = false;
     }
 
-    /// Runs the row pass (and the loss reduction when `want_loss` and the reduction is sum or
-    /// mean) and submits it; returns where the reduced sum ends up. Does not wait.
-    pub(crate) fn run(
-        &mut self,
-        ctx: &WgpuContext,
-        want_loss: bool,
-        grad_output: Option<&[f32]>,
-    ) -> Result<Option<usize>> {
+    /// Runs the row pass (and the loss reduction when the loss is asked for and the reduction
+    /// is sum or mean, and the gradient's packing when it is asked for in a half type) and
+    /// records it for the read-back; returns where the reduced sums end up. Does not wait.
+    pub(crate) fn run(&mut self, ctx: &WgpuContext, req: &Request<'_>) -> Result<Option<usize>> {
         let loaded = self.loaded()?.clone();
+        let want_loss = req.loss;
+        let grad_output = req.grad_output;
         let want_grad = grad_output.is_some();
-        if want_grad {
-            // Gradient buffers are made on first use: forward-only callers never pay for them.
+        let pack = want_grad && req.grad_dtype.is_half();
+        let z_on = loaded.z_on();
+        {
+            // Output buffers are made on first use: forward-only callers never pay for a
+            // gradient, plain problems never for the z part and the LSE.
             let limit = ctx.max_binding_bytes;
+            let slots = if req.lse {
+                3
+            } else if z_on && want_loss {
+                2
+            } else {
+                1
+            };
             let mut stale = false;
             for (span, chunk) in loaded.spans.iter().zip(&mut self.chunks) {
-                stale |= chunk.grad.ensure(ctx, bytes_of(span.elems), limit);
-                if loaded.reduction == Reduction::None {
-                    stale |= chunk
-                        .grad_output
-                        .ensure(ctx, bytes_of(span.positions), limit);
+                stale |= chunk
+                    .row_loss
+                    .ensure(ctx, bytes_of(slots * span.positions), limit);
+                if want_grad {
+                    stale |= chunk.grad.ensure(ctx, bytes_of(span.elems), limit);
+                    if loaded.reduction == Reduction::None {
+                        stale |= chunk
+                            .grad_output
+                            .ensure(ctx, bytes_of(span.positions), limit);
+                    }
+                }
+                if pack {
+                    stale |=
+                        chunk
+                            .grad_half
+                            .ensure(ctx, elem_bytes(span.elems, req.grad_dtype), limit);
                 }
             }
             if stale {
                 self.rebuild_groups(ctx);
             }
         }
-        let mut flag_bits = 0;
+        let mut flag_bits = loaded.ext;
         if loaded.probs {
             flag_bits |= flags::PROBS;
         }
         if want_loss {
             flag_bits |= flags::LOSS;
         }
+        if req.lse {
+            flag_bits |= flags::LSE;
+        }
+        if z_on && want_loss && loaded.reduction != Reduction::None {
+            flag_bits |= flags::Z_APART;
+        }
         if loaded.eps > 0.0 {
             flag_bits |= flags::SMOOTHING;
         }
         let mut scale = 0.0f32;
+        let mut z_coef = 0.0f32;
         if let Some(g) = grad_output {
             flag_bits |= flags::GRAD;
             // g / D for a mean: inf or NaN when D = 0, which reaches only valid positions
@@ -538,6 +717,15 @@ impl Workspace {
             match formula::grad_scale(loaded.reduction, g, loaded.denominator) {
                 GradScale::PerPosition(_) => flag_bits |= flags::PER_POSITION,
                 GradScale::Uniform(s) => scale = s,
+            }
+            if z_on {
+                // The z part's upstream scale divides by V, not D (g/V for mean); per position
+                // the kernel multiplies 2z by g_i itself.
+                let z_scale = match formula::grad_scale(loaded.reduction, g, loaded.valid) {
+                    GradScale::PerPosition(_) => 1.0,
+                    GradScale::Uniform(s) => f64::from(s),
+                };
+                z_coef = formula::z_coefficient(z_scale, f64::from(loaded.z), 1.0, 1.0) as f32;
             }
         }
         if loaded.spans.is_empty() {
@@ -559,6 +747,10 @@ impl Workspace {
                 total_weight: loaded.total_weight,
                 scale,
                 segments,
+                z: loaded.z,
+                z_coef,
+                softcap: loaded.softcap.unwrap_or(1.0),
+                inv_softcap: loaded.softcap.map_or(1.0, |a| (1.0 / f64::from(a)) as f32),
             };
             let at = i * PARAM_STRIDE as usize;
             row_params[at..at + size_of::<RowParams>()].copy_from_slice(bytemuck::bytes_of(&p));
@@ -575,37 +767,49 @@ impl Workspace {
             self.last_params = row_params;
         }
 
-        // The reduction plan: stage k reads `src` group, n values, writes partials.
+        // The reduction plan: stage k reads `src` group, n values, writes partials. The
+        // cross-entropy's tree reads each chunk's loss slots and lives at the start of the
+        // partials; the z part's tree (z-loss on) has the same shape, reads the z slots and lives
+        // `partial_count` values further.
         let reduce_sum = want_loss && loaded.reduction != Reduction::None;
+        let trees: &[(bool, u32)] = if z_on {
+            &[(false, 0), (true, loaded.partial_count)]
+        } else {
+            &[(false, 0)]
+        };
         let mut plan: Vec<(usize, ReduceParams)> = Vec::new();
         let mut result = None;
         if reduce_sum {
-            let mut offset = 0u32;
-            for (i, span) in loaded.spans.iter().enumerate() {
-                let n = span.positions as u32;
-                plan.push((
-                    i,
-                    ReduceParams {
-                        n,
-                        src_offset: 0,
-                        dst_offset: offset,
-                        pad: 0,
-                    },
-                ));
-                offset += n.div_ceil(REDUCE_BLOCK);
+            for &(z_slots, base) in trees {
+                let mut offset = base;
+                for (i, span) in loaded.spans.iter().enumerate() {
+                    let n = span.positions as u32;
+                    plan.push((
+                        i,
+                        ReduceParams {
+                            n,
+                            src_offset: if z_slots { n } else { 0 },
+                            dst_offset: offset,
+                            pad: 0,
+                        },
+                    ));
+                    offset += n.div_ceil(REDUCE_BLOCK);
+                }
             }
-            let mut n = offset;
+            let mut n = loaded.partial_count;
             let mut side = 0;
             while n > 1 {
-                plan.push((
-                    self.chunks.len() + side,
-                    ReduceParams {
-                        n,
-                        src_offset: 0,
-                        dst_offset: 0,
-                        pad: 0,
-                    },
-                ));
+                for &(_, base) in trees {
+                    plan.push((
+                        self.chunks.len() + side,
+                        ReduceParams {
+                            n,
+                            src_offset: base,
+                            dst_offset: base,
+                            pad: 0,
+                        },
+                    ));
+                }
                 n = n.div_ceil(REDUCE_BLOCK);
                 side = 1 - side;
             }
@@ -664,11 +868,12 @@ impl Workspace {
             });
             match loaded.kernel {
                 Kernel::Serial | Kernel::Row | Kernel::Narrow => {
-                    pass.set_pipeline(match loaded.kernel {
-                        Kernel::Serial => &ctx.serial_pipeline,
-                        Kernel::Narrow => &ctx.narrow_pipeline,
-                        _ => &ctx.row_pipeline,
-                    });
+                    let entry = match loaded.kernel {
+                        Kernel::Serial => RowEntry::Serial,
+                        Kernel::Narrow => RowEntry::Narrow,
+                        _ => RowEntry::Main,
+                    };
+                    pass.set_pipeline(&ctx.row_pipeline(entry, flag_bits));
                     // Rows per narrow tile: `tile_rows` in `narrow.wgsl`.
                     let tile_rows =
                         WORKGROUP.min(NARROW_TILE / (loaded.layout.classes as u32).max(1));
@@ -722,6 +927,35 @@ impl Workspace {
                     pass.dispatch_workgroups(x, y, 1);
                 }
             }
+            if pack {
+                // Each chunk's element count, at its parameter stride.
+                let mut bytes = vec![0u8; PARAM_STRIDE as usize * loaded.spans.len()];
+                for (i, span) in loaded.spans.iter().enumerate() {
+                    let p = ReduceParams {
+                        n: span.elems as u32,
+                        ..ReduceParams::default()
+                    };
+                    let at = i * PARAM_STRIDE as usize;
+                    bytes[at..at + size_of::<ReduceParams>()]
+                        .copy_from_slice(bytemuck::bytes_of(&p));
+                }
+                ctx.queue.write_buffer(&self.pack_params.buffer, 0, &bytes);
+                pass.set_pipeline(if req.grad_dtype == DType::Bf16 {
+                    &ctx.pack_bf16_pipeline
+                } else {
+                    &ctx.pack_f16_pipeline
+                });
+                for (i, span) in loaded.spans.iter().enumerate() {
+                    let words = span.elems.div_ceil(2) as u32;
+                    let (x, y) = grid(words.div_ceil(WORKGROUP), ctx.max_grid)?;
+                    pass.set_bind_group(
+                        0,
+                        &self.pack_groups[i],
+                        &[(i as u64 * PARAM_STRIDE) as u32],
+                    );
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            }
         }
         if let Some((q, resolve)) = &self.timestamps {
             encoder.resolve_query_set(q, 0..2, resolve, 0);
@@ -742,16 +976,17 @@ impl Workspace {
     }
 
     /// Reads back what [`Workspace::run`] computed, in one round trip where the staging buffer
-    /// allows: the loss when `loss` is given (`sum_at` is what `run` returned), the gradient
-    /// when `grad` is given.
+    /// allows: each output `dest` names (`sum_at` is what `run` returned). The gradient comes
+    /// from the packed half buffer when `dest.grad` is of a half type (`run` must have been
+    /// asked for that type), else from the `f32` one.
     pub(crate) fn read(
         &mut self,
         ctx: &WgpuContext,
         sum_at: Option<usize>,
-        loss: Option<&mut [f32]>,
-        grad: Option<&mut [f32]>,
+        dest: Dest<'_>,
     ) -> Result<()> {
         let loaded = self.loaded()?.clone();
+        let z_on = loaded.z_on();
         let Workspace {
             chunks,
             partials,
@@ -763,39 +998,73 @@ impl Workspace {
         } = self;
         let recorded = pending.take();
         let timed = recorded.is_some() && timestamps.is_some();
-        let mut items: Vec<(&wgpu::Buffer, &mut [f32])> = Vec::new();
-        let mut total = [0.0f32];
-        let mut reduced = None;
-        if let Some(loss) = loss {
-            match loaded.reduction {
-                Reduction::None => {
-                    let mut rest = loss;
-                    for (span, chunk) in loaded.spans.iter().zip(chunks.iter()) {
-                        let (head, tail) = rest.split_at_mut(span.positions);
-                        items.push((&chunk.row_loss.buffer, head));
-                        rest = tail;
-                    }
+        let mut items: Vec<ReadItem<'_>> = Vec::new();
+        let chunks = &chunks[..];
+        let per_position = |items: &mut Vec<_>, out, slot| {
+            per_position_items(items, &loaded.spans, chunks, out, slot);
+        };
+        // The reduced cross-entropy and z part (sum, mean).
+        let mut totals = [0.0f32; 2];
+        let (mut loss_out, mut z_out) = (None, None);
+        let (total_ce, total_z) = totals.split_at_mut(1);
+        match loaded.reduction {
+            Reduction::None => {
+                if let Some(loss) = dest.loss {
+                    per_position(&mut items, loss, 0);
                 }
-                Reduction::Sum | Reduction::Mean => {
-                    if let Some(side) = sum_at {
-                        items.push((&partials[side].buffer, &mut total[..]));
+                if let Some(z) = dest.z_loss {
+                    if z_on {
+                        per_position(&mut items, z, 1);
+                    } else {
+                        z.fill(0.0);
                     }
-                    reduced = Some(loss);
                 }
             }
+            Reduction::Sum | Reduction::Mean => {
+                let wanted = dest.loss.is_some() || (z_on && dest.z_loss.is_some());
+                if let (true, Some(side)) = (wanted, sum_at) {
+                    let buffer = &partials[side].buffer;
+                    items.push(ReadItem::f32s(buffer, 0, total_ce));
+                    if z_on {
+                        let at = bytes_of(loaded.partial_count as usize);
+                        items.push(ReadItem::f32s(buffer, at, total_z));
+                    }
+                }
+                loss_out = dest.loss;
+                z_out = dest.z_loss;
+            }
         }
-        if let Some(grad) = grad {
+        if let Some(lse) = dest.lse {
+            per_position(&mut items, lse, 2);
+        }
+        if let Some(grad) = dest.grad {
             let mut rest = grad;
             for (span, chunk) in loaded.spans.iter().zip(chunks.iter()) {
                 let (head, tail) = rest.split_at_mut(span.elems);
-                items.push((&chunk.grad.buffer, head));
+                let buffer = if head.dtype().is_half() {
+                    &chunk.grad_half.buffer
+                } else {
+                    &chunk.grad.buffer
+                };
+                items.push(ReadItem {
+                    src: buffer,
+                    offset: 0,
+                    out: elems_bytes(head),
+                });
                 rest = tail;
             }
         }
         // The two timestamps (u64 each), read with the results.
-        let mut ticks = [0.0f32; 4];
+        let mut ticks = [0u8; 16];
         if let (true, Some((_, resolve))) = (timed, timestamps.as_ref()) {
-            items.insert(0, (resolve, &mut ticks[..]));
+            items.insert(
+                0,
+                ReadItem {
+                    src: resolve,
+                    offset: 0,
+                    out: &mut ticks[..],
+                },
+            );
         }
         read_back(ctx, staging, &mut items, recorded)?;
         drop(items);
@@ -805,26 +1074,160 @@ impl Workspace {
                 t[1].saturating_sub(t[0]) as f64 * f64::from(ctx.queue.get_timestamp_period()),
             );
         }
-        if let Some(loss) = reduced {
-            // 0/0 = NaN for a mean over D = 0, as the specification asks.
-            loss[0] =
-                formula::reduce(loaded.reduction, f64::from(total[0]), loaded.denominator) as f32;
+        if loss_out.is_some() || z_out.is_some() {
+            // 0/0 = NaN for a mean over D = 0 (or V = 0), as the specification asks; the z part
+            // divides by V, the cross-entropy by D.
+            let ce = formula::reduce(loaded.reduction, f64::from(totals[0]), loaded.denominator);
+            let z = if z_on {
+                formula::reduce(loaded.reduction, f64::from(totals[1]), loaded.valid)
+            } else {
+                0.0
+            };
+            if let Some(loss) = loss_out {
+                loss[0] = if z_on { ce + z } else { ce } as f32;
+            }
+            if let Some(out) = z_out {
+                out[0] = z as f32;
+            }
         }
         Ok(())
     }
 }
 
-/// Copies the leading values of each buffer into its slice, through `staging`, in as few
-/// round trips as the staging capacity (at most one binding) allows. `recorded` (the commands
-/// that compute the values) goes first in the first round trip's submission: one submit for a
-/// call whose results fit the staging buffer.
+/// The packing pass alone (`pack.wgsl`): `values` narrowed to `dtype` on the device, as bits
+/// (for tests of its rounding). `values` must fit one binding.
+pub(crate) fn pack_values(ctx: &WgpuContext, values: &[f32], dtype: DType) -> Result<Vec<u16>> {
+    let pipeline = match dtype {
+        DType::Bf16 => &ctx.pack_bf16_pipeline,
+        DType::F16 => &ctx.pack_f16_pipeline,
+        DType::F32 => return Err(backend_error("pack_values: not a half type")),
+    };
+    let mut out = vec![0u16; values.len()];
+    if values.is_empty() {
+        return Ok(out);
+    }
+    let limit = ctx.max_binding_bytes;
+    if bytes_of(values.len()) > limit {
+        return Err(backend_error("pack_values: more values than one binding"));
+    }
+    let src = create(ctx, "pack_src", STORAGE_IN, bytes_of(values.len()));
+    ctx.queue.write_buffer(&src, 0, f32_bytes(values));
+    let dst = create(
+        ctx,
+        "pack_dst",
+        STORAGE_OUT,
+        elem_bytes(values.len(), dtype),
+    );
+    let params = create(ctx, "pack_params", UNIFORM, PARAM_STRIDE);
+    let p = ReduceParams {
+        n: values.len() as u32,
+        ..ReduceParams::default()
+    };
+    ctx.queue.write_buffer(&params, 0, bytemuck::bytes_of(&p));
+    let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("pack"),
+        layout: &ctx.reduce_layout,
+        entries: &[
+            entry(
+                0,
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &params,
+                    offset: 0,
+                    size: NonZeroU64::new(size_of::<ReduceParams>() as u64),
+                }),
+            ),
+            entry(1, src.as_entire_binding()),
+            entry(2, dst.as_entire_binding()),
+        ],
+    });
+    let mut encoder = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("pack"),
+        });
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &group, &[0]);
+        let (x, y) = grid(
+            (values.len().div_ceil(2) as u32).div_ceil(WORKGROUP),
+            ctx.max_grid,
+        )?;
+        pass.dispatch_workgroups(x, y, 1);
+    }
+    let mut staging = GrowBuffer::new(ctx, "pack_staging", STAGING);
+    let mut items = [ReadItem {
+        src: &dst,
+        offset: 0,
+        out: bytemuck::cast_slice_mut(&mut out[..]),
+    }];
+    read_back(ctx, &mut staging, &mut items, Some(encoder))?;
+    Ok(out)
+}
+
+/// Per chunk, the `slot`-th run of per-position values of its `row_loss` (0: loss slot, 1: z
+/// part, 2: LSE) into the chunk's part of `out`.
+fn per_position_items<'a>(
+    items: &mut Vec<ReadItem<'a>>,
+    spans: &[Span],
+    chunks: &'a [ChunkBuffers],
+    out: &'a mut [f32],
+    slot: u64,
+) {
+    let mut rest = out;
+    for (span, chunk) in spans.iter().zip(chunks) {
+        let (head, tail) = rest.split_at_mut(span.positions);
+        items.push(ReadItem::f32s(
+            &chunk.row_loss.buffer,
+            slot * bytes_of(span.positions),
+            head,
+        ));
+        rest = tail;
+    }
+}
+
+/// One value range to read back: bytes from `offset` in `src` into `out`.
+struct ReadItem<'a> {
+    src: &'a wgpu::Buffer,
+    offset: u64,
+    out: &'a mut [u8],
+}
+
+impl<'a> ReadItem<'a> {
+    fn f32s(src: &'a wgpu::Buffer, offset: u64, out: &'a mut [f32]) -> Self {
+        ReadItem {
+            src,
+            offset,
+            out: bytemuck::cast_slice_mut(out),
+        }
+    }
+
+    /// Bytes copied: whole words (a half tensor of odd length ends in half a word).
+    fn copy_bytes(&self) -> u64 {
+        (self.out.len() as u64).next_multiple_of(4)
+    }
+}
+
+/// The bytes of a gradient buffer of any element type.
+fn elems_bytes(grad: ElemsMut<'_>) -> &mut [u8] {
+    match grad {
+        ElemsMut::F32(s) => bytemuck::cast_slice_mut(s),
+        ElemsMut::Bf16(s) => bytemuck::cast_slice_mut(s),
+        ElemsMut::F16(s) => bytemuck::cast_slice_mut(s),
+    }
+}
+
+/// Copies each item's range into its slice, through `staging`, in as few round trips as the
+/// staging capacity (at most one binding) allows. `recorded` (the commands that compute the
+/// values) goes first in the first round trip's submission: one submit for a call whose results
+/// fit the staging buffer.
 fn read_back(
     ctx: &WgpuContext,
     staging: &mut GrowBuffer,
-    items: &mut [(&wgpu::Buffer, &mut [f32])],
+    items: &mut [ReadItem<'_>],
     mut recorded: Option<wgpu::CommandEncoder>,
 ) -> Result<()> {
-    let total: usize = items.iter().map(|(_, out)| out.len()).sum();
+    let total: u64 = items.iter().map(ReadItem::copy_bytes).sum();
     if total == 0 {
         if let Some(encoder) = recorded {
             let index = ctx.submit(encoder.finish());
@@ -832,10 +1235,8 @@ fn read_back(
         }
         return Ok(());
     }
-    let largest = items.iter().map(|(_, out)| out.len()).max().unwrap_or(0);
-    let want = bytes_of(total)
-        .min(ctx.max_binding_bytes)
-        .max(bytes_of(largest));
+    let largest = items.iter().map(ReadItem::copy_bytes).max().unwrap_or(0);
+    let want = total.min(ctx.max_binding_bytes).max(largest);
     staging.ensure(ctx, want, ctx.max_binding_bytes);
     let capacity = staging.capacity;
     let mut next = 0;
@@ -849,12 +1250,18 @@ fn read_back(
                 })
         });
         while next < items.len() {
-            let bytes = bytes_of(items[next].1.len());
+            let bytes = items[next].copy_bytes();
             if used + bytes > capacity {
                 break;
             }
             if bytes > 0 {
-                encoder.copy_buffer_to_buffer(items[next].0, 0, &staging.buffer, used, bytes);
+                encoder.copy_buffer_to_buffer(
+                    items[next].src,
+                    items[next].offset,
+                    &staging.buffer,
+                    used,
+                    bytes,
+                );
             }
             used += bytes;
             next += 1;
@@ -878,10 +1285,10 @@ fn read_back(
                 .get_mapped_range()
                 .map_err(|e| backend_error(format!("mapped range: {e}")))?;
             let mut at = 0usize;
-            for (_, out) in &mut items[first..next] {
-                let bytes = out.len() * 4;
-                bytemuck::cast_slice_mut::<f32, u8>(out).copy_from_slice(&view[at..at + bytes]);
-                at += bytes;
+            for item in &mut items[first..next] {
+                let bytes = item.out.len();
+                item.out.copy_from_slice(&view[at..at + bytes]);
+                at += item.copy_bytes() as usize;
             }
         }
         staging.buffer.unmap();

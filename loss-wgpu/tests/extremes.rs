@@ -11,7 +11,7 @@ use loss_wgpu::WgpuBackend;
 fn two_d(logits: Vec<f32>, classes: usize, target: Vec<i64>, reduction: Reduction) -> ProblemData {
     let n = logits.len() / classes;
     ProblemData {
-        logits,
+        logits: logits.into(),
         shape: vec![n, classes],
         target: OwnedTarget::Indices(target),
         target_shape: vec![n],
@@ -19,6 +19,9 @@ fn two_d(logits: Vec<f32>, classes: usize, target: Vec<i64>, reduction: Reductio
         ignore_index: -100,
         reduction,
         label_smoothing: 0.0,
+        z_loss: 0.0,
+        softcap: None,
+        position_weight: None,
     }
 }
 
@@ -122,7 +125,7 @@ fn empty_and_fully_ignored_batches_on(backend: &WgpuBackend) {
 fn unbatched_input_on(backend: &WgpuBackend) {
     for reduction in Reduction::ALL {
         let data = ProblemData {
-            logits: vec![0.3, -1.0, 2.0, 0.0],
+            logits: vec![0.3, -1.0, 2.0, 0.0].into(),
             shape: vec![4],
             target: OwnedTarget::Indices(vec![2]),
             target_shape: vec![],
@@ -130,6 +133,9 @@ fn unbatched_input_on(backend: &WgpuBackend) {
             ignore_index: -100,
             reduction,
             label_smoothing: 0.3,
+            z_loss: 0.0,
+            softcap: None,
+            position_weight: None,
         };
         check_against_reference(backend, &data, DEFAULT_TOLERANCE);
     }
@@ -139,7 +145,7 @@ fn repeated_runs_give_the_same_bits_on(backend: &WgpuBackend) {
     let mut rng = Rng::new(21);
     let (n, c) = (4096, 300);
     let data = ProblemData {
-        logits: rng.logits(n * c, 10.0),
+        logits: rng.logits(n * c, 10.0).into(),
         shape: vec![n, c],
         target: OwnedTarget::Indices((0..n).map(|_| rng.below(c) as i64).collect()),
         target_shape: vec![n],
@@ -147,6 +153,9 @@ fn repeated_runs_give_the_same_bits_on(backend: &WgpuBackend) {
         ignore_index: -100,
         reduction: Reduction::Mean,
         label_smoothing: 0.1,
+        z_loss: 0.0,
+        softcap: None,
+        position_weight: None,
     };
     let problem = data.problem().unwrap();
     let first = backend.forward_backward(&problem, &[1.0]).unwrap();

@@ -32,7 +32,7 @@ fn index_problem(
     let mut target_shape = shape.to_vec();
     target_shape.remove(1);
     ProblemData {
-        logits: rng.logits(len, 8.0),
+        logits: rng.logits(len, 8.0).into(),
         shape: shape.to_vec(),
         target: OwnedTarget::Indices(target),
         target_shape,
@@ -40,6 +40,9 @@ fn index_problem(
         ignore_index: -100,
         reduction,
         label_smoothing: eps,
+        z_loss: 0.0,
+        softcap: None,
+        position_weight: None,
     }
 }
 
@@ -48,14 +51,22 @@ fn probs_problem(shape: &[usize], reduction: Reduction, eps: f32, seed: u64) -> 
     let len: usize = shape.iter().product();
     let classes = shape[1];
     ProblemData {
-        logits: rng.logits(len, 8.0),
+        logits: rng.logits(len, 8.0).into(),
         shape: shape.to_vec(),
-        target: OwnedTarget::Probs((0..len).map(|_| rng.uniform(0.0, 1.0)).collect()),
+        target: OwnedTarget::Probs(
+            (0..len)
+                .map(|_| rng.uniform(0.0, 1.0))
+                .collect::<Vec<f32>>()
+                .into(),
+        ),
         target_shape: shape.to_vec(),
         weight: Some((0..classes).map(|_| rng.uniform(0.1, 2.0)).collect()),
         ignore_index: -100,
         reduction,
         label_smoothing: eps,
+        z_loss: 0.0,
+        softcap: None,
+        position_weight: None,
     }
 }
 
@@ -84,7 +95,7 @@ fn more_workgroups_than_one_grid_dimension() {
     let start = std::time::Instant::now();
     let loss = backend.forward(&problem).unwrap();
     eprintln!("65,600 workgroups: {:?}", start.elapsed());
-    let logits: Vec<f64> = data.logits.iter().map(|&x| f64::from(x)).collect();
+    let logits = problem.logits().to_f64_vec();
     let expected = loss_core::reference::forward_f64(&problem, &logits);
     common::assert_close("loss", &loss, &expected, DEFAULT_TOLERANCE);
 }
@@ -175,4 +186,19 @@ fn an_item_larger_than_one_binding_is_unsupported() {
     let data = index_problem(&[2, 2000], Reduction::Sum, false, 0.0, 9);
     let err = backend.forward(&data.problem().unwrap()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+}
+
+#[test]
+fn per_position_outputs_larger_than_one_binding_are_unsupported() {
+    let Some(backend) = small_binding_backend() else {
+        return;
+    };
+    // One item of a single class over 400 positions: its 1,600 bytes of logits fit a binding,
+    // but its per-position outputs (loss slot, z part, LSE: 4,800 bytes) do not.
+    let data = index_problem(&[2, 1, 400], Reduction::None, false, 0.0, 14);
+    let err = backend.forward(&data.problem().unwrap()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    // Items of 300 positions fit (3,600 bytes).
+    let data = index_problem(&[3, 1, 300], Reduction::Mean, false, 0.0, 15);
+    check_against_reference(&backend, &data, DEFAULT_TOLERANCE);
 }

@@ -24,7 +24,6 @@ use super::simd::{
     load,
 };
 use super::{CHUNK, GradScale, Plan, Strided, Tgt};
-use crate::exp::exp;
 
 /// The upstream scales of a staged gradient before the position weights: the cross-entropy
 /// part's (`g_i`, `g` or `g/D`) and the z-loss part's (`g_i`, `g` or `g/V`).
@@ -181,13 +180,32 @@ impl<'a> Plan<'a> {
         if let Some((_, g)) = &out.grad {
             assert_eq!(g.len(), span, "grad is not the unit's span");
         }
-        self.arch.dispatch(StagedOp {
-            plan: self,
-            unit,
-            logits,
-            out,
+        thread_local! {
+            static SCRATCH: core::cell::RefCell<Scratch> = const {
+                core::cell::RefCell::new(Scratch { rows: Vec::new() })
+            };
+        }
+        // Per-thread rows, reused across calls (a fresh 128 KiB row per unit was a page-faulting
+        // `mmap` each time).
+        SCRATCH.with_borrow_mut(|scratch| {
+            let classes = self.layout.classes;
+            let chunks = classes.div_ceil(CHUNK).max(1);
+            scratch.rows.resize(3 * classes + chunks, 0.0);
+            self.arch.dispatch(StagedOp {
+                plan: self,
+                unit,
+                logits,
+                out,
+                scratch: &mut scratch.rows,
+            })
         })
     }
+}
+
+/// The staged path's per-thread rows: the staged logits, the exponentials (then the gradient),
+/// the staged probabilities, the chunk maxes.
+struct Scratch {
+    rows: Vec<f32>,
 }
 
 /// The first `n` values of an optional buffer (the rest stays for the next unit).
@@ -198,17 +216,18 @@ fn take<'o>(buf: &mut Option<&'o mut [f32]>, n: usize) -> Option<&'o mut [f32]> 
     Some(head)
 }
 
-struct StagedOp<'p, 'a, 'l, 'o> {
+struct StagedOp<'p, 'a, 'l, 'o, 's> {
     plan: &'p Plan<'a>,
     unit: usize,
     logits: Elems<'l>,
     out: StagedOut<'o>,
+    scratch: &'s mut [f32],
 }
 
 /// Widens the classes of one position (`base + c·stride`) into `row`.
 fn gather(src: Elems<'_>, base: usize, stride: usize, row: &mut [f32]) {
     if stride == 1 {
-        src.slice(base..base + row.len()).widen_into(row);
+        super::convert::widen(src.slice(base..base + row.len()), row);
     } else {
         for (c, v) in row.iter_mut().enumerate() {
             *v = src.get(base + c * stride);
@@ -216,7 +235,7 @@ fn gather(src: Elems<'_>, base: usize, stride: usize, row: &mut [f32]) {
     }
 }
 
-impl WithSimd for StagedOp<'_, '_, '_, '_> {
+impl WithSimd for StagedOp<'_, '_, '_, '_, '_> {
     type Output = StagedPartial;
 
     #[inline(always)]
@@ -226,6 +245,7 @@ impl WithSimd for StagedOp<'_, '_, '_, '_> {
             unit,
             logits,
             mut out,
+            scratch,
         } = self;
         let layout = plan.layout;
         let (classes, inner) = (layout.classes, layout.inner);
@@ -235,10 +255,9 @@ impl WithSimd for StagedOp<'_, '_, '_, '_> {
             TargetData::Probs(t) => Some(t),
             TargetData::Indices(_) => None,
         };
-        let mut x = vec![0.0f32; classes];
-        let mut e = vec![0.0f32; classes];
-        let mut t = vec![0.0f32; if probs.is_some() { classes } else { 0 }];
-        let mut maxes = vec![0.0f32; classes.div_ceil(CHUNK).max(1)];
+        let (x, rest) = scratch.split_at_mut(classes);
+        let (e, rest) = rest.split_at_mut(classes);
+        let (t, maxes) = rest.split_at_mut(classes);
         let cap = plan.softcap;
         let z = f64::from(plan.z_loss);
         let smooth = plan.smoothing();
@@ -247,12 +266,19 @@ impl WithSimd for StagedOp<'_, '_, '_, '_> {
         for (k, p) in positions.enumerate() {
             // The unit-relative offset of the position's class 0; classes `inner` apart.
             let base = (p / inner) * classes * inner + p % inner - unit_start;
-            gather(logits, base, inner, &mut x);
-            if let Some(a) = cap {
-                softcap_row(simd, &mut x, a);
-            }
+            // f32 rows without a cap are read in place; the others are staged.
+            let x: &[f32] = match (logits, cap) {
+                (Elems::F32(src), None) if inner == 1 => &src[base..base + classes],
+                _ => {
+                    gather(logits, base, inner, x);
+                    if let Some(a) = cap {
+                        softcap_row(simd, x, a);
+                    }
+                    x
+                }
+            };
             if let Some(tp) = probs {
-                gather(tp, unit_start + base, inner, &mut t);
+                gather(tp, unit_start + base, inner, t);
             }
             let y = match plan.target {
                 Tgt::Indices(ys) => formula::valid_class(ys[p], plan.ignore_index),
@@ -261,14 +287,14 @@ impl WithSimd for StagedOp<'_, '_, '_, '_> {
             let valid = probs.is_some() || y.is_some();
             let extras = match (probs, y) {
                 (Some(_), _) => Extras::Probs {
-                    t: &t,
+                    t,
                     w: plan.weight,
                     smooth,
                 },
                 (None, Some(_)) if plan.smoothed() => Extras::WeightedSum(plan.weight),
                 _ => Extras::Nothing,
             };
-            let (state, e1, e2) = fused_row_first(simd, Some(&x), &mut e, &mut maxes, extras);
+            let (state, e1, e2) = fused_row_first(simd, Some(x), e, maxes, extras);
             let r = state.stats();
             let lse = r.lse();
             let sw = plan.position_weight.map_or(1.0, |s| f64::from(s[p]));
@@ -311,7 +337,8 @@ impl WithSimd for StagedOp<'_, '_, '_, '_> {
                 let fast = s.is_finite() && !zc.is_infinite() && classes <= MAX_CHUNKS * CHUNK;
                 match (y, fast) {
                     (Some(y), true) => {
-                        let (a, b, fix) = plan.index_coefficients(s, y);
+                        // (The staged plan's own z-loss, with the position weight, is `zc`.)
+                        let (a, b, fix) = plan.index_coefficients(s, y, lse);
                         let a = if z > 0.0 {
                             (f64::from(a) + zc) as f32
                         } else {
@@ -319,9 +346,9 @@ impl WithSimd for StagedOp<'_, '_, '_, '_> {
                         };
                         if plan.smoothed() {
                             let term = SmoothTerm { b, w: plan.weight };
-                            fused_row_second(simd, &mut e, &maxes, state, lse, a, &term);
+                            fused_row_second(simd, e, maxes, state, lse, a, &term);
                         } else {
-                            fused_row_second(simd, &mut e, &maxes, state, lse, a, &NoTerm);
+                            fused_row_second(simd, e, maxes, state, lse, a, &NoTerm);
                         }
                         e[y] -= fix;
                     }
@@ -329,15 +356,15 @@ impl WithSimd for StagedOp<'_, '_, '_, '_> {
                         let a = (formula::prob_coefficient(f64::from(s), e1) + zc) as f32;
                         let term = ProbTerm {
                             s,
-                            t: &t,
+                            t,
                             w: plan.weight,
                             smooth,
                         };
-                        fused_row_second(simd, &mut e, &maxes, state, lse, a, &term);
+                        fused_row_second(simd, e, maxes, state, lse, a, &term);
                     }
                     (_, false) => plan.slow_position(
-                        Some(&x),
-                        &mut e,
+                        Some(x),
+                        e,
                         probs.map(|_| &t[..]),
                         Strided::row(classes),
                         lse,
@@ -348,14 +375,14 @@ impl WithSimd for StagedOp<'_, '_, '_, '_> {
                     ),
                 }
                 if let Some(a) = cap {
-                    softcap_slope_row(simd, &mut e, &x, a);
+                    softcap_slope_row(simd, e, x, a);
                 }
             } else {
                 // Ignored positions keep an exact zero, whatever the scale.
                 e.fill(0.0);
             }
             if inner == 1 {
-                grad.slice_mut(base..base + classes).narrow_from(&e);
+                super::convert::narrow(e, grad.slice_mut(base..base + classes));
             } else {
                 for (c, &g) in e.iter().enumerate() {
                     grad.set_f64(base + c * inner, f64::from(g));
@@ -366,41 +393,71 @@ impl WithSimd for StagedOp<'_, '_, '_, '_> {
     }
 }
 
-/// `tanh` in lanes. Relative error below `5·10⁻⁷` (about 8 ulp; `tests/softcap.rs` measures it
-/// against `f64::tanh`): an odd Taylor polynomial to `y⁹` for `|y| < 1/4` (truncation below
-/// `3·10⁻⁹`), else `(1 − e)/(1 + e)` with `e = exp(−2|y|) ∈ (0, 0.61]` (no cancellation:
-/// `1 − e ≥ 0.39`) and the sign restored; `tanh(±∞) = ±1`, NaN stays NaN.
+/// `tanh` in lanes: a rational minimax approximation `x·P(x²)/Q(x²)` (degrees 13/6, Eigen's
+/// `generic_fast_tanh_float` coefficients) on `x` clamped to `±7.905` (where `tanh` is within
+/// `3·10⁻⁷` of ±1), exactly ±1 from 9 on, and `x` itself below `4·10⁻⁴` in magnitude. One
+/// division, no `exp`.
+/// Relative error below `5·10⁻⁷` (`tests/softcap.rs` measures it against `f64::tanh` on a dense
+/// grid); `tanh(±∞) = ±1`, NaN stays NaN.
 #[inline(always)]
 pub(super) fn tanh_lanes<S: Simd>(simd: S, y: S::f32s) -> S::f32s {
-    let ay = simd.abs_f32s(y);
-    let one = simd.splat_f32s(1.0);
-    let e = exp(simd, simd.mul_f32s(ay, simd.splat_f32s(-2.0)));
-    let big = simd.div_f32s(simd.sub_f32s(one, e), simd.add_f32s(one, e));
-    let y2 = simd.mul_f32s(ay, ay);
-    let mut poly = simd.splat_f32s(62.0 / 2835.0);
-    for c in [-17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0, 1.0] {
-        poly = simd.mul_add_e_f32s(poly, y2, simd.splat_f32s(c));
+    const CLAMP: f32 = 7.905_311;
+    const ALPHA: [f32; 7] = [
+        -2.760_768_5e-16,
+        2.000_188e-13,
+        -8.604_672e-11,
+        5.122_297e-8,
+        1.485_722_4e-5,
+        6.372_619_3e-4,
+        4.893_524_6e-3,
+    ];
+    const BETA: [f32; 4] = [1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_7e-3, 4.893_525e-3];
+    // A compare and a select rather than `min`/`max`: those drop NaN on some targets.
+    let hi = simd.splat_f32s(CLAMP);
+    let lo = simd.splat_f32s(-CLAMP);
+    let x = simd.select_f32s_m32s(simd.greater_than_f32s(y, hi), hi, y);
+    let x = simd.select_f32s_m32s(simd.less_than_f32s(x, lo), lo, x);
+    let x2 = simd.mul_f32s(x, x);
+    let mut p = simd.splat_f32s(ALPHA[0]);
+    for &a in &ALPHA[1..] {
+        p = simd.mul_add_e_f32s(x2, p, simd.splat_f32s(a));
     }
-    let small = simd.mul_f32s(ay, poly);
-    let t = simd.select_f32s_m32s(simd.less_than_f32s(ay, simd.splat_f32s(0.25)), small, big);
-    simd.select_f32s_m32s(
+    let p = simd.mul_f32s(x, p);
+    let mut q = simd.splat_f32s(BETA[0]);
+    for &b in &BETA[1..] {
+        q = simd.mul_add_e_f32s(x2, q, simd.splat_f32s(b));
+    }
+    let t = simd.div_f32s(p, q);
+    let ay = simd.abs_f32s(y);
+    let tiny = simd.less_than_f32s(ay, simd.splat_f32s(4e-4));
+    // Exactly ±1 from 9 on (tanh(9) rounds to 1 in f32), so that a −∞ logit caps to −a.
+    let one = simd.splat_f32s(1.0);
+    let sign = simd.select_f32s_m32s(
         simd.less_than_f32s(y, simd.splat_f32s(0.0)),
-        simd.neg_f32s(t),
+        simd.neg_f32s(one),
+        one,
+    );
+    let t = simd.select_f32s_m32s(
+        simd.greater_than_or_equal_f32s(ay, simd.splat_f32s(9.0)),
+        sign,
         t,
-    )
+    );
+    simd.select_f32s_m32s(tiny, y, t)
 }
 
 /// `x ← a·tanh(x/a)` over a row.
 #[inline(always)]
 fn softcap_row<S: Simd>(simd: S, x: &mut [f32], a: f32) {
+    // x·(1/a): one rounding more than x/a (≤ 1 ulp of the argument), a division less.
     let av = simd.splat_f32s(a);
+    let inv = simd.splat_f32s(1.0 / a);
     let (head, tail) = S::as_mut_simd_f32s(x);
     for v in head {
-        *v = simd.mul_f32s(av, tanh_lanes(simd, simd.div_f32s(*v, av)));
+        *v = simd.mul_f32s(av, tanh_lanes(simd, simd.mul_f32s(*v, inv)));
     }
     if !tail.is_empty() {
         let v = simd.partial_load_f32s(tail);
-        let r = simd.mul_f32s(av, tanh_lanes(simd, simd.div_f32s(v, av)));
+        let r = simd.mul_f32s(av, tanh_lanes(simd, simd.mul_f32s(v, inv)));
         simd.partial_store_f32s(tail, r);
     }
 }
@@ -409,16 +466,16 @@ fn softcap_row<S: Simd>(simd: S, x: &mut [f32], a: f32) {
 #[inline(always)]
 fn softcap_slope_row<S: Simd>(simd: S, g: &mut [f32], capped: &[f32], a: f32) {
     let lanes = S::F32_LANES;
-    let av = simd.splat_f32s(a);
+    let inv = simd.splat_f32s(1.0 / a);
     let one = simd.splat_f32s(1.0);
     let full = g.len() / lanes * lanes;
     let (head, tail) = S::as_mut_simd_f32s(g);
     for (i, v) in head.iter_mut().enumerate() {
-        let t = simd.div_f32s(load::<S>(capped, i * lanes), av);
+        let t = simd.mul_f32s(load::<S>(capped, i * lanes), inv);
         *v = simd.mul_f32s(*v, simd.mul_add_e_f32s(simd.neg_f32s(t), t, one));
     }
     if !tail.is_empty() {
-        let t = simd.div_f32s(simd.partial_load_f32s(&capped[full..]), av);
+        let t = simd.mul_f32s(simd.partial_load_f32s(&capped[full..]), inv);
         let v = simd.partial_load_f32s(tail);
         let r = simd.mul_f32s(v, simd.mul_add_e_f32s(simd.neg_f32s(t), t, one));
         simd.partial_store_f32s(tail, r);

@@ -574,7 +574,8 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                             Tgt::Indices(_) => {
                                 if row.fast {
                                     let g = &mut dst_all[span];
-                                    let (a, b, fix) = plan.index_coefficients(row.s, row.y);
+                                    let (a, b, fix) =
+                                        plan.index_coefficients(row.s, row.y, r.lse());
                                     if plan.smoothed() {
                                         let term = SmoothTerm { b, w: plan.weight };
                                         fused_row_second(
@@ -599,15 +600,14 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                                     }
                                     g[row.y] -= fix;
                                 }
-                                plan.index_loss(r, row.x_y, row.y, row.e1)
+                                plan.index_loss(r, row.x_y, row.y, row.e1) + plan.z_term(&r)
                             }
                             Tgt::Probs(targets) => {
                                 if row.fast {
                                     let t = &targets
                                         [logits_start + span.start..logits_start + span.end];
                                     let g = &mut dst_all[span];
-                                    let a =
-                                        formula::prob_coefficient(f64::from(row.s), row.e1) as f32;
+                                    let a = plan.prob_coefficient(row.s, row.e1, r.lse()) as f32;
                                     let term = ProbTerm {
                                         s: row.s,
                                         t,
@@ -624,7 +624,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                                         &term,
                                     );
                                 }
-                                Plan::prob_loss(r, row.e1, row.e2)
+                                Plan::prob_loss(r, row.e1, row.e2) + plan.z_term(&r)
                             }
                         }
                     }
@@ -665,7 +665,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
         let lse = r.lse();
         {
             if s.is_finite() {
-                let (a, b, fix) = plan.index_coefficients(s, y);
+                let (a, b, fix) = plan.index_coefficients(s, y, lse);
                 if plan.smoothed() {
                     let term = SmoothTerm { b, w: plan.weight };
                     grad_row(simd, src, g, lse as f32, a, &term);
@@ -683,11 +683,11 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                     s,
                     Some(y),
                     0.0,
-                    0.0,
+                    plan.z_coef(s, lse),
                 );
             }
         }
-        plan.index_loss(r, x_y, y, wx)
+        plan.index_loss(r, x_y, y, wx) + plan.z_term(&r)
     }
 
     /// A probability-target row without the single-`exp` fused path (see `index_row`).
@@ -711,7 +711,7 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
         let lse = r.lse();
         {
             if s.is_finite() {
-                let a = formula::prob_coefficient(f64::from(s), mass) as f32;
+                let a = plan.prob_coefficient(s, mass, lse) as f32;
                 let term = ProbTerm {
                     s,
                     t,
@@ -729,11 +729,11 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
                     s,
                     None,
                     mass,
-                    0.0,
+                    plan.z_coef(s, lse),
                 );
             }
         }
-        Plan::prob_loss(r, mass, dot)
+        Plan::prob_loss(r, mass, dot) + plan.z_term(&r)
     }
 
     /// K-dimensional input (`inner > 1`): a vector holds one class of `lanes` consecutive
@@ -890,8 +890,8 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
             let r = states[j].stats();
             lse[j] = r.lse();
             losses[j] = match probs {
-                Some(_) => Plan::prob_loss(r, mass[j], dot[j]),
-                None if valid[j] => plan.index_loss(r, x_y[j], ys[j], dot[j]),
+                Some(_) => Plan::prob_loss(r, mass[j], dot[j]) + plan.z_term(&r),
+                None if valid[j] => plan.index_loss(r, x_y[j], ys[j], dot[j]) + plan.z_term(&r),
                 None => 0.0,
             };
         }
@@ -913,9 +913,9 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
             }
             lse32[j] = lse[j] as f32;
             if probs.is_some() {
-                a[j] = formula::prob_coefficient(f64::from(s[j]), mass[j]) as f32;
+                a[j] = plan.prob_coefficient(s[j], mass[j], lse[j]) as f32;
             } else {
-                (a[j], b[j], fix[j]) = plan.index_coefficients(s[j], ys[j]);
+                (a[j], b[j], fix[j]) = plan.index_coefficients(s[j], ys[j], lse[j]);
             }
         }
         let (av, bv, lv, sv) = (
@@ -936,7 +936,8 @@ impl<M: Mode> UnitOp<'_, '_, '_, M> {
             } else {
                 let y = if probs.is_none() { Some(ys[j]) } else { None };
                 let at = Strided::column(base + j, inner, classes);
-                plan.slow_position(src, dst, probs, at, lse[j], s[j], y, mass[j], 0.0);
+                let z = plan.z_coef(s[j], lse[j]);
+                plan.slow_position(src, dst, probs, at, lse[j], s[j], y, mass[j], z);
             }
         }
         let any_slow = slow[..width].contains(&true);
@@ -1225,11 +1226,16 @@ fn lane_epilogue<S: Simd>(
     };
     let wy = Lanes(simd, r.w_target);
     let valid = simd.greater_than_or_equal_f32s(r.target, zero);
-    let loss = simd.select_f32s_m32s(
-        valid,
-        formula::index_loss(plan.scalars(), wy, &stats).1,
-        zero,
-    );
+    let ce = formula::index_loss(plan.scalars(), wy, &stats).1;
+    // The z part `z′·LSE²` (Plan::with_denominators), when on.
+    let z = plan.z_plain as f32;
+    let lse = stats.lse().1;
+    let ce = if plan.z_on() {
+        simd.mul_add_e_f32s(simd.mul_f32s(simd.splat_f32s(z), lse), lse, ce)
+    } else {
+        ce
+    };
+    let loss = simd.select_f32s_m32s(valid, ce, zero);
     let Some(scale) = scale else {
         return LaneOut {
             loss,
@@ -1239,7 +1245,12 @@ fn lane_epilogue<S: Simd>(
         };
     };
     let k = formula::index_coefficients(plan.scalars(), Lanes(simd, scale), wy);
-    let lse = stats.lse().1;
+    // + s·2·z′·LSE (Plan::z_coef, in lanes).
+    let ka = if plan.z_on() {
+        simd.mul_add_e_f32s(simd.mul_f32s(scale, simd.splat_f32s(2.0 * z)), lse, k.a.1)
+    } else {
+        k.a.1
+    };
     let factor = simd.select_f32s_m32s(
         simd.equal_f32s(lse, lse),
         simd.div_f32s(simd.splat_f32s(1.0), r.sum),
@@ -1247,7 +1258,7 @@ fn lane_epilogue<S: Simd>(
     );
     LaneOut {
         loss,
-        a: simd.mul_f32s(k.a.1, factor),
+        a: simd.mul_f32s(ka, factor),
         b: k.b.1,
         fix: k.fix.1,
     }
@@ -1297,6 +1308,6 @@ fn slow_index_row(
         scale,
         Some(y as usize),
         0.0,
-        0.0,
+        plan.z_coef(scale, lse),
     );
 }

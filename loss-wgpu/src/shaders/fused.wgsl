@@ -13,14 +13,18 @@
 //   row merges the row's partials in segment order itself, so all of them see the same bits.
 //
 // The host prepends `WG`, `VPT`, `FLAGS` (the `FLAG_*` bits of this variant: one pipeline per
-// variant, no run-time branch on them) and `IGNORED` (`context.rs`), and appends the workgroup
+// variant, no run-time branch on them), `EXT` (the extension bits among them, read by
+// `extensions.wgsl`) and `IGNORED` (`context.rs`), and appends the workgroup
 // merges `reduce_stats` / `reduce_sums`: `reduce_subgroup.wgsl` (`subgroupShuffleXor`
 // butterflies, a fixed pattern for the device's fixed subgroup size: deterministic) when the
 // adapter has subgroups, else `reduce_shared.wgsl` (shared-memory trees). Without subgroups the
 // host also removes the `subgroup_size` builtin from the entry points and declares
 // `sg_size = 1`.
 // Semantics are those of `row.wgsl` (which states them): NaN and +inf poison a row, −inf adds
-// nothing, `LSE − x = (m − x) + ls`, an ignored position's gradient is an exact 0.
+// nothing, `LSE − x = (m − x) + ls`, an ignored position's gradient is an exact 0. Logits are
+// read through `load_logit` (widened and soft-capped, `extensions.wgsl`), so `vals` holds the
+// capped values; a position's extensions (position weight, z part, LSE) are written by
+// `store_position` and folded into the gradient by `grad_factors` / `finish_grad`.
 
 const PROBS: bool = (FLAGS & FLAG_PROBS) != 0u;
 const LOSS: bool = (FLAGS & FLAG_LOSS) != 0u;
@@ -49,7 +53,7 @@ fn load_block(base: u32, first: u32, lid: u32) -> Stats {
         let c = first + k * WG + lid;
         var x = neg_inf_f32();
         if (c < params.classes) {
-            x = logits[base + c];
+            x = load_logit(base + c);
         }
         if (poisons(x)) {
             bad = 1u;
@@ -80,7 +84,7 @@ fn block_sums(base: u32, first: u32, lid: u32, m: f32, ls: f32) -> vec2<f32> {
             let gap = (m - vals[k]) + ls;
             let w = weights[c];
             if (PROBS) {
-                let t = smoothed(bitcast<f32>(targets[base + c]));
+                let t = smoothed(target_prob(base + c));
                 acc = acc + w * t * gap;
                 mass = mass + w * t;
             } else {
@@ -105,8 +109,17 @@ fn position_loss(base: u32, y: u32, m: f32, ls: f32, acc: f32) -> f32 {
     if (y == IGNORED) {
         return 0.0;
     }
-    let gap_y = (m - logits[base + y]) + ls;
+    let gap_y = (m - load_logit(base + y)) + ls;
     return index_loss_of(weights[y], gap_y, acc, SMOOTHING);
+}
+
+// Writes a position's loss slot (when `LOSS`), z part and LSE (`store_position`).
+fn finish_position(position: u32, base: u32, y: u32, m: f32, ls: f32, acc: f32) {
+    var ce = 0.0;
+    if (LOSS) {
+        ce = position_loss(base, y, m, ls, acc);
+    }
+    store_position(position, ce, m + ls, PROBS || y != IGNORED, LOSS);
 }
 
 // Writes the gradient of this invocation's classes of a block.
@@ -120,10 +133,12 @@ fn block_grad(
     ls: f32,
     mass: f32,
 ) {
-    var scale = params.scale;
+    var g_up = params.scale;
     if (PER_POSITION) {
-        scale = grad_output[position];
+        g_up = grad_output[position];
     }
+    let factors = grad_factors(position, g_up, PER_POSITION, m + ls);
+    let scale = factors.x;
     var w_y = 0.0;
     if (y != IGNORED) {
         w_y = weights[y];
@@ -136,10 +151,12 @@ fn block_grad(
             var g = 0.0;
             if (PROBS) {
                 let p = exp((x - m) - ls);
-                g = prob_grad_of(scale, p, mass, weights[c], smoothed(bitcast<f32>(targets[base + c])));
+                g = prob_grad_of(scale, p, mass, weights[c], smoothed(target_prob(base + c)));
+                g = finish_grad(g, p, factors.y, x);
             } else if (y != IGNORED) {
                 let p = exp((x - m) - ls);
                 g = index_grad_of(scale, p, w_y, weights[c], c == y, SMOOTHING);
+                g = finish_grad(g, p, factors.y, x);
             }
             grad[base + c] = g;
         }
@@ -166,8 +183,8 @@ fn fused_main(
         sums = reduce_sums(block_sums(base, 0u, lid, m, ls), lid, sg_size);
     }
     let y = target_class(position);
-    if (LOSS && lid == 0u) {
-        row_loss[position] = position_loss(base, y, m, ls, sums.x);
+    if ((LOSS || X_LSE) && lid == 0u) {
+        finish_position(position, base, y, m, ls, sums.x);
     }
     if (GRAD) {
         block_grad(position, base, 0u, lid, y, m, ls, sums.y);
@@ -263,8 +280,8 @@ fn split_finish(
         }
     }
     let y = target_class(at.x);
-    if (LOSS && at.y == 0u && lid == 0u) {
-        row_loss[at.x] = position_loss(base, y, m, ls, sums.x);
+    if ((LOSS || X_LSE) && at.y == 0u && lid == 0u) {
+        finish_position(at.x, base, y, m, ls, sums.x);
     }
     if (GRAD) {
         load_block(base, first, lid);

@@ -5,6 +5,7 @@
 // the row's gradient over its logits in the tile (each value is read before it is written), and
 // the workgroup stores the tile back coalesced. Where `row_serial` has neighbouring invocations
 // read `4·C` bytes apart, every global access here is contiguous across the workgroup.
+// The tile holds the logits as the loss sees them (`load_logit`: widened, soft-capped).
 // `NARROW_TILE` is prepended by the host, which sizes the grid with the same rule.
 
 var<workgroup> tile: array<f32, NARROW_TILE>;
@@ -39,7 +40,7 @@ fn narrow_main(
     let n = rows * params.classes;
     tile_start = first * params.classes;
     for (var i = lid; i < n; i = i + WG) {
-        tile[i] = logits[tile_start + i];
+        tile[i] = load_logit(tile_start + i);
     }
     workgroupBarrier();
     if (lid < rows) {

@@ -17,12 +17,16 @@
 // comparisons with NaN and `max` of NaN are not portable.
 
 // Logits are read through `logit(i)` and the gradient written through `put_grad(i, g)`: the
-// host appends `row_access.wgsl` (the storage buffers themselves) or, for the narrow-row tile
-// kernel, `narrow.wgsl` (a workgroup tile loaded and stored coalesced).
+// host appends `row_access.wgsl` (the storage buffers themselves, through `load_logit`) or, for
+// the narrow-row tile kernel, `narrow.wgsl` (a workgroup tile loaded through `load_logit` and
+// stored coalesced). So `logit(i)` is the widened, soft-capped logit.
 //
 // The parameters and bindings (`bindings.wgsl`), the helpers, the mergeable row state and the
-// per-element formulas (`common.wgsl`) and the workgroup merges (`reduce_shared.wgsl`) are
-// appended by the host too.
+// per-element formulas (`common.wgsl`), the element accessors and the extensions' epilogue
+// (`extensions.wgsl`: position weights, z part, LSE, soft-cap chain factor) and the workgroup
+// merges (`reduce_shared.wgsl`) are appended by the host too. The flags of `Params.flags` are
+// run-time values here; the extensions and the element type are compile-time constants (`EXT`,
+// one pipeline per variant).
 //
 // `WG`, the `FLAG_*` bits of `Params.flags` and `IGNORED` (the bits of an ignored index
 // target, which the host maps `ignore_index` to on upload) are not written here: the host
@@ -81,7 +85,7 @@ fn weighted_sums(base: u32, m: f32, ls: f32, start: u32, stride: u32) -> vec2<f3
         let gap = (m - logit(i)) + ls;
         let w = weights[c];
         if (probs) {
-            let t = smoothed(bitcast<f32>(targets[i]));
+            let t = smoothed(target_prob(i));
             acc = acc + w * t * gap;
             mass = mass + w * t;
         } else {
@@ -110,6 +114,16 @@ fn position_loss(base: u32, y: u32, m: f32, ls: f32, acc: f32) -> f32 {
     return index_loss_of(weights[y], gap_y, acc, has_flag(FLAG_SMOOTHING));
 }
 
+// Writes a position's loss slot (with the loss flag), z part and LSE (`store_position`).
+fn finish_position(position: u32, base: u32, y: u32, m: f32, ls: f32, acc: f32) {
+    let loss = has_flag(FLAG_LOSS);
+    var ce = 0.0;
+    if (loss) {
+        ce = position_loss(base, y, m, ls, acc);
+    }
+    store_position(position, ce, m + ls, has_flag(FLAG_PROBS) || y != IGNORED, loss);
+}
+
 // Writes the gradient of classes start, start + stride, …
 fn write_grad(
     position: u32,
@@ -123,10 +137,13 @@ fn write_grad(
 ) {
     let probs = has_flag(FLAG_PROBS);
     let smoothing = has_flag(FLAG_SMOOTHING);
-    var scale = params.scale;
-    if (has_flag(FLAG_PER_POSITION)) {
-        scale = grad_output[position];
+    let per_position = has_flag(FLAG_PER_POSITION);
+    var g_up = params.scale;
+    if (per_position) {
+        g_up = grad_output[position];
     }
+    let factors = grad_factors(position, g_up, per_position, m + ls);
+    let scale = factors.x;
     var w_y = 0.0;
     if (y != IGNORED) {
         w_y = weights[y];
@@ -136,11 +153,15 @@ fn write_grad(
         // An ignored position keeps an exact 0, whatever the scale (even inf or NaN).
         var g = 0.0;
         if (probs) {
-            let p = exp((logit(i) - m) - ls);
-            g = prob_grad_of(scale, p, mass, weights[c], smoothed(bitcast<f32>(targets[i])));
+            let x = logit(i);
+            let p = exp((x - m) - ls);
+            g = prob_grad_of(scale, p, mass, weights[c], smoothed(target_prob(i)));
+            g = finish_grad(g, p, factors.y, x);
         } else if (y != IGNORED) {
-            let p = exp((logit(i) - m) - ls);
+            let x = logit(i);
+            let p = exp((x - m) - ls);
             g = index_grad_of(scale, p, w_y, weights[c], c == y, smoothing);
+            g = finish_grad(g, p, factors.y, x);
         }
         put_grad(i, g);
     }
@@ -170,8 +191,8 @@ fn row_main(
     }
 
     let y = target_class(position);
-    if (has_flag(FLAG_LOSS) && lid == 0u) {
-        row_loss[position] = position_loss(base, y, m, ls, sums.x);
+    if ((has_flag(FLAG_LOSS) || X_LSE) && lid == 0u) {
+        finish_position(position, base, y, m, ls, sums.x);
     }
     if (has_flag(FLAG_GRAD)) {
         write_grad(position, base, y, m, ls, sums.y, lid, WG);
@@ -202,8 +223,8 @@ fn one_position(position: u32) {
         sums = weighted_sums(base, m, ls, 0u, 1u);
     }
     let y = target_class(position);
-    if (has_flag(FLAG_LOSS)) {
-        row_loss[position] = position_loss(base, y, m, ls, sums.x);
+    if (has_flag(FLAG_LOSS) || X_LSE) {
+        finish_position(position, base, y, m, ls, sums.x);
     }
     if (has_flag(FLAG_GRAD)) {
         write_grad(position, base, y, m, ls, sums.y, 0u, 1u);

@@ -1,7 +1,8 @@
-// `row.wgsl`'s accessors for `row_main` and `row_serial`: the storage buffers themselves.
+// `row.wgsl`'s accessors for `row_main` and `row_serial`: the storage buffers themselves (logits
+// through `load_logit`, `extensions.wgsl`).
 
 fn logit(i: u32) -> f32 {
-    return logits[i];
+    return load_logit(i);
 }
 
 fn put_grad(i: u32, g: f32) {

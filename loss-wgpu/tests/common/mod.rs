@@ -114,7 +114,7 @@ pub fn check_against_reference(backend: &dyn LossBackend, data: &ProblemData, to
     let g: Vec<f32> = (0..problem.loss_len())
         .map(|i| 0.5 + (i % 7) as f32 * 0.25)
         .collect();
-    let logits: Vec<f64> = problem.logits().iter().map(|&x| f64::from(x)).collect();
+    let logits = problem.logits().to_f64_vec();
     let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
     let want_loss = reference::forward_f64(&problem, &logits);
     let want_grad = reference::backward_f64(&problem, &logits, &g64);
