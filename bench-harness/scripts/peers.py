@@ -75,7 +75,8 @@ def torch_loss(F, torch, cell, xr, t, w, s, red):
     """PyTorch's cross_entropy, composed by hand with the extensions (soft-cap, z-loss,
     position weights) the way a user would write them."""
     cap, z = cell.get("softcap"), cell.get("z_loss") or 0.0
-    xc = cap * torch.tanh(xr / cap) if cap else xr
+    # The cap in f32 on the widened logits (as the SPEC and the JAX peer do), back to the type.
+    xc = (cap * torch.tanh(xr.float() / cap)).to(xr.dtype) if cap else xr
     if not z and s is None:
         return F.cross_entropy(xc, t, weight=w, reduction=red)
     ce = F.cross_entropy(xc, t, weight=w, reduction="none").float()
@@ -101,11 +102,14 @@ def run_torch(cells, threads, budget, emit):
         x, t, w, s = load(cell)
         x = torch.from_numpy(x).to(types[dtype_of(cell)])
         t = torch.from_numpy(t)
-        w = None if w is None else torch.from_numpy(w)
+        # cross_entropy wants the class weights in the logits' type (a half weight is rounded:
+        # the check holds half cells to the half type's tolerance).
+        w = None if w is None else torch.from_numpy(w).to(x.dtype)
         s = None if s is None else torch.from_numpy(s)
         red = cell["reduction"]
         ce = lambda xr: torch_loss(F, torch, cell, xr, t, w, s, red)
-        up = torch.ones(()) if red != "none" else torch.ones(x.shape[0])
+        with torch.no_grad():
+            up = torch.ones_like(ce(x))
         for op in cell["ops"]:
             if op == "forward":
                 with torch.no_grad():

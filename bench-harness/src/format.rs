@@ -342,17 +342,18 @@ pub fn markdown(report: &RunReport) -> String {
 /// CSV with the JSON field names as the header.
 pub fn csv(report: &RunReport) -> String {
     let mut out = String::from(
-        "backend,variant,op,batch,classes,threads,elements,median_ns,min_ns,spread,reps,elements_per_second,bytes_per_second,bandwidth_gbps,bandwidth_fraction,over_ceiling,calibrated,in_cache,max_rel_error,agrees,instructions,estimated_cycles\n",
+        "backend,variant,op,batch,classes,dtype,threads,elements,median_ns,min_ns,spread,reps,elements_per_second,bytes_per_second,bandwidth_gbps,bandwidth_fraction,over_ceiling,calibrated,in_cache,max_rel_error,agrees,instructions,estimated_cycles\n",
     );
     for r in sorted(report) {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{:.1},{:.1},{:.4},{},{:.6e},{:.6e},{:.3},{:.4},{},{},{},{:.3e},{},{},{}",
+            "{},{},{},{},{},{},{},{},{:.1},{:.1},{:.4},{},{:.6e},{:.6e},{:.3},{:.4},{},{},{},{:.3e},{},{},{}",
             r.backend,
             r.variant,
             r.op,
             r.batch,
             r.classes,
+            r.dtype,
             r.threads,
             r.elements,
             r.median_ns,

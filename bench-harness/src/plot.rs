@@ -45,7 +45,9 @@ fn draw(report: &RunReport, batch: Option<usize>, out: &Path) -> Result<(), Stri
     let rows: Vec<_> = report
         .results
         .iter()
-        .filter(|r| r.batch == batch && r.agrees)
+        // f32 rows only: the ceilings drawn are f32's bytes per logit (the label keeps any
+        // other type's rows apart, but their ceiling would differ).
+        .filter(|r| r.batch == batch && r.agrees && r.dtype == "f32")
         .collect();
     if rows.is_empty() {
         return Err(format!("no agreeing results with batch {batch}"));
@@ -125,7 +127,6 @@ fn draw(report: &RunReport, batch: Option<usize>, out: &Path) -> Result<(), Stri
                 Op::Forward => b.read_gbps,
                 _ => b.copy_gbps,
             };
-            // (f32 ceilings: the plot is of the f32 cells.)
             let ceiling = gbps * 1e9 / op.bytes_per_element(loss_core::DType::F32);
             let style = ShapeStyle::from(&BLACK.mix(0.35 + 0.3 * i as f64)).stroke_width(1);
             chart

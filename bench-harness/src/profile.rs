@@ -34,6 +34,10 @@ pub struct ProfileEntry {
     pub batch: usize,
     /// Classes.
     pub classes: usize,
+    /// The results' `dtype` label (element type and extensions; absent in older profiles:
+    /// `f32`).
+    #[serde(default = "crate::schema::f32_name")]
+    pub dtype: String,
     /// The backend to use.
     pub backend: String,
     /// With this many threads.
@@ -62,14 +66,14 @@ impl Profile {
     pub fn from_report(report: &RunReport) -> Self {
         let mut entries: Vec<ProfileEntry> = Vec::new();
         let ours = |name: &str| backends::spec(name).is_ok_and(|s| !s.peer);
-        let mut cells: Vec<(Op, usize, usize)> = report
+        let mut cells: Vec<(Op, usize, usize, String)> = report
             .results
             .iter()
-            .map(|r| (r.op, r.batch, r.classes))
+            .map(|r| (r.op, r.batch, r.classes, r.dtype.clone()))
             .collect();
         cells.sort();
         cells.dedup();
-        for (op, batch, classes) in cells {
+        for (op, batch, classes, dtype) in cells {
             let mut candidates: Vec<_> = report
                 .results
                 .iter()
@@ -77,6 +81,7 @@ impl Profile {
                     r.op == op
                         && r.batch == batch
                         && r.classes == classes
+                        && r.dtype == dtype
                         && r.agrees
                         && r.variant.is_empty()
                         && ours(&r.backend)
@@ -94,6 +99,7 @@ impl Profile {
                     op,
                     batch,
                     classes,
+                    dtype,
                     backend: best.backend.clone(),
                     threads: best.threads,
                     elements_per_second: best.elements_per_second,
@@ -134,15 +140,35 @@ impl Profile {
     /// The measured entry nearest to `(batch, classes)` in log-log space for `op` (forward falls
     /// back to forward_backward entries and the reverse when the profile lacks that op).
     pub fn choose(&self, op: Op, batch: usize, classes: usize) -> Option<&ProfileEntry> {
+        self.choose_for(op, batch, classes, loss_core::DType::F32)
+    }
+
+    /// [`Profile::choose`] among the entries measured in `dtype` (all entries when there are
+    /// none of that type).
+    pub fn choose_for(
+        &self,
+        op: Op,
+        batch: usize,
+        classes: usize,
+        dtype: loss_core::DType,
+    ) -> Option<&ProfileEntry> {
         let lb = (batch.max(1) as f64).ln();
         let lc = (classes.max(1) as f64).ln();
+        let typed = self
+            .entries
+            .iter()
+            .any(|e| crate::schema::dtype_of(&e.dtype) == dtype);
         let nearest = |op: Op| {
-            self.entries.iter().filter(|e| e.op == op).min_by(|a, b| {
-                let d = |e: &ProfileEntry| {
-                    ((e.batch as f64).ln() - lb).powi(2) + ((e.classes as f64).ln() - lc).powi(2)
-                };
-                d(a).total_cmp(&d(b))
-            })
+            self.entries
+                .iter()
+                .filter(|e| e.op == op && (!typed || crate::schema::dtype_of(&e.dtype) == dtype))
+                .min_by(|a, b| {
+                    let d = |e: &ProfileEntry| {
+                        ((e.batch as f64).ln() - lb).powi(2)
+                            + ((e.classes as f64).ln() - lc).powi(2)
+                    };
+                    d(a).total_cmp(&d(b))
+                })
         };
         nearest(op).or_else(|| Op::ALL.into_iter().find_map(nearest))
     }
@@ -154,12 +180,23 @@ impl Profile {
         batch: usize,
         classes: usize,
     ) -> Result<Box<dyn LossBackend>, LossError> {
-        let entry = self
-            .choose(op, batch, classes)
-            .ok_or_else(|| LossError::Unsupported {
-                backend: "profile".into(),
-                feature: "an empty profile (no agreeing backend was measured)".into(),
-            })?;
+        self.backend_for_dtype(op, batch, classes, loss_core::DType::F32)
+    }
+
+    /// [`Profile::backend_for`] for logits of `dtype`.
+    pub fn backend_for_dtype(
+        &self,
+        op: Op,
+        batch: usize,
+        classes: usize,
+        dtype: loss_core::DType,
+    ) -> Result<Box<dyn LossBackend>, LossError> {
+        let entry =
+            self.choose_for(op, batch, classes, dtype)
+                .ok_or_else(|| LossError::Unsupported {
+                    backend: "profile".into(),
+                    feature: "an empty profile (no agreeing backend was measured)".into(),
+                })?;
         backends::make_backend(
             &entry.backend,
             BackendConfig {
@@ -174,7 +211,7 @@ impl Profile {
         op: Op,
         problem: &Problem<'_>,
     ) -> Result<Box<dyn LossBackend>, LossError> {
-        self.backend_for(op, problem.positions(), problem.classes())
+        self.backend_for_dtype(op, problem.positions(), problem.classes(), problem.dtype())
     }
 
     /// A batch × classes map of the winners, one block per op.
@@ -184,8 +221,18 @@ impl Profile {
             self.machine,
             self.entries.len()
         );
-        for op in Op::ALL {
-            let entries: Vec<_> = self.entries.iter().filter(|e| e.op == op).collect();
+        let mut labels: Vec<&str> = self.entries.iter().map(|e| e.dtype.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        for (op, label) in Op::ALL
+            .into_iter()
+            .flat_map(|op| labels.iter().map(move |&l| (op, l)))
+        {
+            let entries: Vec<_> = self
+                .entries
+                .iter()
+                .filter(|e| e.op == op && e.dtype == label)
+                .collect();
             if entries.is_empty() {
                 continue;
             }
@@ -195,7 +242,11 @@ impl Profile {
             batches.dedup();
             classes.sort_unstable();
             classes.dedup();
-            let _ = write!(out, "\n{op}: rows batch, columns classes\n{:>8}", "");
+            let _ = write!(
+                out,
+                "\n{op} ({label}): rows batch, columns classes\n{:>8}",
+                ""
+            );
             for c in &classes {
                 let _ = write!(out, " {c:>14}");
             }

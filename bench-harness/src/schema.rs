@@ -308,10 +308,17 @@ impl CellResult {
 
     /// The backend and variant as one label (`wgpu/resident`).
     pub fn label(&self) -> String {
-        if self.variant.is_empty() {
+        let base = if self.variant.is_empty() {
             self.backend.clone()
         } else {
             format!("{}/{}", self.backend, self.variant)
+        };
+        // The element type and extensions when not plain f32 (`cpu [bf16+z0.0001]`), so that
+        // every table, comparison and plot series tells the rows of one cell apart.
+        if self.dtype == "f32" {
+            base
+        } else {
+            format!("{base} [{}]", self.dtype)
         }
     }
 }
@@ -407,18 +414,20 @@ impl RunReport {
     }
 }
 
-/// The fastest agreeing result per (op, batch, classes); disagreeing results never win (nor do
-/// counts, which have no timings).
+/// The fastest agreeing result per (op, batch, classes, dtype); disagreeing results never win
+/// (nor do counts, which have no timings).
 pub fn fastest(results: &[CellResult]) -> Vec<Fastest> {
-    let mut best: BTreeMap<(Op, usize, usize), &CellResult> = BTreeMap::new();
+    let mut best: BTreeMap<(Op, usize, usize, String), &CellResult> = BTreeMap::new();
     for r in results.iter().filter(|r| r.agrees && r.counts.is_none()) {
-        let slot = best.entry((r.op, r.batch, r.classes)).or_insert(r);
+        let slot = best
+            .entry((r.op, r.batch, r.classes, r.dtype.clone()))
+            .or_insert(r);
         if r.elements_per_second > slot.elements_per_second {
             *slot = r;
         }
     }
     best.into_iter()
-        .map(|((op, batch, classes), r)| Fastest {
+        .map(|((op, batch, classes, _), r)| Fastest {
             op,
             batch,
             classes,

@@ -332,3 +332,71 @@ fn ab_against_the_same_build_checks_both_sides() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a loss-bench worker"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn dtype_axis_and_extensions_are_run_checked_and_labelled() {
+    let dir = scratch("dtype");
+    let out = dir.join("run.json");
+    let o = loss_bench(&[
+        "run",
+        "--quick",
+        "--no-peers",
+        "--backend",
+        "cpu",
+        "--cells",
+        "16x300",
+        "--dtype",
+        "f32,bf16,f16",
+        "--z-loss",
+        "1e-3",
+        "--softcap",
+        "20",
+        "--position-weights",
+        "--op",
+        "forward,forward_backward",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: bench_harness::schema::RunReport =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let mut labels: Vec<&str> = report.results.iter().map(|r| r.dtype.as_str()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    assert_eq!(
+        labels,
+        vec![
+            "bf16+z0.001+cap20+posw",
+            "f16+z0.001+cap20+posw",
+            "f32+z0.001+cap20+posw"
+        ]
+    );
+    for r in &report.results {
+        assert!(r.agrees, "{r:?}");
+        // Bandwidth counts the real bytes: 2 a logit read for the half types, 4 for f32.
+        let per = r.bytes_per_second / r.elements_per_second;
+        let want = match (r.dtype.starts_with("f32"), r.op) {
+            (true, bench_harness::schema::Op::Forward) => 4.0,
+            (true, _) => 8.0,
+            (false, bench_harness::schema::Op::Forward) => 2.0,
+            (false, _) => 4.0,
+        };
+        assert!((per - want).abs() < 1e-9, "{} {:?}: {per}", r.dtype, r.op);
+    }
+    // A bad option value is a usage error (exit 2), never a panic in a cell.
+    for bad in [["--z-loss", "-1"], ["--softcap", "0"], ["--dtype", "f64"]] {
+        let o = loss_bench(&[
+            "run",
+            "--quick",
+            "--no-peers",
+            "--cells",
+            "2x5",
+            bad[0],
+            bad[1],
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -78,7 +78,7 @@ impl std::fmt::Display for DType {
     }
 }
 
-/// An element type the library takes: `f32`, [`bf16`] or [`f16`]. Sealed.
+/// An element type the library takes: `f32`, [`bf16`] or [`f16`](struct@f16). Sealed.
 pub trait Element: Copy + Send + Sync + 'static + sealed::Sealed {
     /// Its [`DType`].
     const DTYPE: DType;

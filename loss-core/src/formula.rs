@@ -1,7 +1,7 @@
 //! The formulas of the [specification](crate#the-loss), each in one place.
 //!
 //! Every backend computes these quantities, and none writes them again: the host-side scalars of
-//! a problem ([`Scalars`]: `W`, the smoothing), the mean's denominator `D` ([`denominator_term`],
+//! a problem ([`Scalars`]: `W`, the smoothing), the mean's denominator `D` ([`DenominatorParts`],
 //! summed by each backend in its own fixed order), the gradient's scale `s_i` ([`GradScale`]),
 //! the final reduction ([`reduce`]), the smoothed target ([`Smoothing::target`]), a position's
 //! loss from the statistics a kernel gathers in one pass over its row ([`RowStats`],
@@ -252,6 +252,28 @@ pub fn grad_scale(reduction: Reduction, grad_output: &[f32], denominator: f64) -
         Reduction::None => GradScale::PerPosition(grad_output),
         Reduction::Sum => GradScale::Uniform(grad_output[0]),
         Reduction::Mean => GradScale::Uniform((f64::from(grad_output[0]) / denominator) as f32),
+    }
+}
+
+/// The reduced loss and its z part from the sums of the per-position cross-entropies (`s_i·L_i`)
+/// and z parts (`z·s_i·LSE_i²`): for `mean` the cross-entropy over `D` and the z part over `V`,
+/// else the sums; the loss is their sum. With `z_on = false` the z part is left out entirely
+/// (0), so that a mean over `V = 0` does not add `0/0`. Returns `(loss, z part)`; meaningless for
+/// `none`.
+pub fn reduce_with_z(
+    reduction: Reduction,
+    ce_total: f64,
+    z_total: f64,
+    denominator: f64,
+    valid: f64,
+    z_on: bool,
+) -> (f64, f64) {
+    let ce = reduce(reduction, ce_total, denominator);
+    if z_on {
+        let z = reduce(reduction, z_total, valid);
+        (ce + z, z)
+    } else {
+        (ce, 0.0)
     }
 }
 

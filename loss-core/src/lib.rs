@@ -15,7 +15,7 @@
 //!
 //! ## Shapes
 //!
-//! Logits are `f32`, row-major, of shape `(N, C)`, `(N, C, d1, …, dk)` or `(C)` (unbatched). A
+//! Logits are `f32`, `bf16` or `f16` ([`DType`], [`Elems`]), row-major, of shape `(N, C)`, `(N, C, d1, …, dk)` or `(C)` (unbatched). A
 //! *position* is one `(n, d1, …, dk)` index; there are `P = N·d1·…·dk` of them (1 unbatched). The
 //! class axis is axis 1 (axis 0 unbatched), so in K-dimensional input the `C` logits of one
 //! position are `d1·…·dk` apart ([`Layout`]). Index targets are `i64` of shape `(N, d1, …, dk)`
@@ -38,7 +38,8 @@
 //! zero weights, no positions).
 //!
 //! **Probability targets.** With `t'_i[c] = (1−ε)·t_i[c] + ε/C` (targets need not sum to 1;
-//! there is no `ignore_index`), `L_i = Σ_c w[c]·t'_i[c]·(LSE_i − x_i[c])`, and `mean` divides by `P`.
+//! there is no `ignore_index`), `L_i = Σ_c w[c]·t'_i[c]·(LSE_i − x_i[c])`, and `mean` divides by `P`
+//! (`Σ_i s_i` with position weights).
 //!
 //! ## The gradient
 //!
@@ -50,6 +51,27 @@
 //!   (the `ε` term left out when `ε = 0`); an ignored position's gradient is exactly 0, even
 //!   when `D = 0`;
 //! - probability targets: `∂/∂x_i[c] = s_i·(p_i[c]·Σ_k w[k]·t'_i[k] − w[c]·t'_i[c])`.
+//!
+//! ## Extensions (conformance format 2)
+//!
+//! With their defaults everything above holds unchanged.
+//!
+//! - **Element types.** Logits and probability targets may be `bf16` or `f16`; every sum is
+//!   accumulated in at least `f32` on the exactly widened values, the loss, `LSE` and z part are
+//!   `f32`, and the gradient is written in the buffer's type (the logits' for PyTorch's
+//!   behaviour, or `f32`), rounded once to nearest even.
+//! - **Soft-capping** `a > 0`: every logit becomes `x̃ = a·tanh(x/a)` first (−∞ becomes −a, so a
+//!   cap un-masks masked classes); everything above uses `x̃`, and the gradient is multiplied by
+//!   `1 − tanh²(x/a) = 1 − (x̃/a)²` ([`formula::softcap`], [`formula::softcap_slope`]).
+//! - **Position weights** `s_i` (any numbers, default 1): `L_i` becomes `s_i·L_i`; index targets'
+//!   `D = Σ_{valid i} s_i·w[y_i]`; probability targets' mean divides by `Σ_i s_i`
+//!   ([`formula::DenominatorParts`]); the gradient scale is `s_i` times the one above.
+//! - **z-loss** `z ≥ 0`: each valid position adds `z·s_i·LSE_i²`, not class-weighted
+//!   ([`formula::z_part`]); `sum` adds it, `mean` divides it by `V = Σ_{valid i} s_i` while the
+//!   cross-entropy keeps `D` ([`formula::reduce_with_z`]); its gradient adds
+//!   `2·z·s_i·LSE_i·p_i[c]` times the z part's scale (`g/V` for mean) ([`formula::z_coefficient`]).
+//! - **Outputs** ([`Outputs`]): besides the loss and the gradient, the per-position `LSE_i` (of the
+//!   capped logits, ignored positions included) and the z part, reduced as the loss.
 //!
 //! ## Non-finite values and precision
 //!
@@ -65,8 +87,8 @@
 //! | kind | when |
 //! | --- | --- |
 //! | `invalid_target` | an index target outside `[0, C)` that is not `ignore_index` |
-//! | `shape_mismatch` | a data length that is not the product of its shape; a target shape that does not fit the logits; a weight length ≠ `C`; an upstream gradient or output buffer of the wrong length |
-//! | `invalid_option` | label smoothing outside `[0, 1]` or not finite; a non-negative `ignore_index` with probability targets |
+//! | `shape_mismatch` | a data length that is not the product of its shape; a target shape that does not fit the logits; a weight length ≠ `C`; position weights ≠ `P`; probability targets of another element type than the logits'; an upstream gradient or output buffer of the wrong length |
+//! | `invalid_option` | label smoothing outside `[0, 1]` or not finite; a non-negative `ignore_index` with probability targets; a z-loss coefficient negative or not finite; a soft-cap ≤ 0 or not finite (or below 2.9e-39, whose `1/a` overflows `f32`) |
 //! | `unsupported`, `unavailable`, `backend` | the backend lacks a feature, cannot run here, or failed |
 
 mod backend;

@@ -370,12 +370,14 @@ impl<'a> Problem<'a> {
                 reason: format!("{z} is not a finite number ≥ 0"),
             });
         }
+        // (A cap so small that `1/a` overflows f32 cannot be evaluated by an f32 kernel:
+        // below 2.9e-39.)
         if let Some(a) = options.softcap
-            && !(a.is_finite() && a > 0.0)
+            && !(a.is_finite() && a > 0.0 && (1.0 / a).is_finite())
         {
             return Err(LossError::InvalidOption {
                 option: "softcap",
-                reason: format!("{a} is not a finite number > 0"),
+                reason: format!("{a} is not a finite number > 0 (with a finite 1/a)"),
             });
         }
         match target {

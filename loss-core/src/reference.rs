@@ -224,20 +224,15 @@ pub fn answers_f64(problem: &Problem<'_>, logits: &[f64], grad_output: Option<&[
             zs,
         ),
         r => {
-            let ce_total = formula::reduce(r, ce.iter().sum(), denominator);
-            let z_total = if z > 0.0 {
-                formula::reduce(r, zs.iter().sum(), valid_count)
-            } else {
-                0.0
-            };
-            (
-                vec![if z > 0.0 {
-                    ce_total + z_total
-                } else {
-                    ce_total
-                }],
-                vec![z_total],
-            )
+            let (loss, z_part) = formula::reduce_with_z(
+                r,
+                ce.iter().sum(),
+                zs.iter().sum(),
+                denominator,
+                valid_count,
+                z > 0.0,
+            );
+            (vec![loss], vec![z_part])
         }
     };
     Answers {

@@ -9,10 +9,11 @@ use crate::kernel::{Plan, StagedPartial};
 
 /// The single-threaded fused SIMD backend (`name() == "cpu"`).
 ///
-/// Plain `f32` problems allocate nothing: the `_into` methods walk the [`Plan`]'s units in order
-/// and add their `f64` partials in that order (which is what makes a threaded caller
-/// bit-identical). Half logits, the extensions and the LSE / z outputs take the
-/// [staged path](crate::kernel#the-staged-path) (a scratch row per call), over the same units.
+/// `f32` problems allocate nothing: the `_into` methods walk the [`Plan`]'s units in order and
+/// add their `f64` partials in that order (which is what makes a threaded caller
+/// bit-identical). Half logits and the extensions take the widened units or the staged rows
+/// ([routes](crate::kernel#half-logits-and-the-extensions), per-thread scratch), over the same
+/// units and in the same order.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuBackend;
 

@@ -34,6 +34,26 @@
 //!
 //! The per-unit loops are in `units.rs`, the SIMD building blocks in `simd.rs`, the measured
 //! reasons for each choice in the crate's `NOTES.md`.
+//!
+//! # Half logits and the extensions
+//!
+//! Each call takes one of three routes ([`Plan::is_staged`]):
+//!
+//! - **the fast kernels** above, for `f32` logits with or without a z-loss: the z-loss enters
+//!   every epilogue as one scalar `z′ = z·D/V` ([`Plan::with_denominators`]);
+//! - **widened units** ([`Plan::widened_unit`]) for half logits or a half gradient buffer and
+//!   nothing that needs the staged path: the forward pass of contiguous index rows widens each
+//!   chunk in L1 while the next chunk of the half input is prefetched (`half.rs`), every other
+//!   case widens the unit into a per-thread L2 buffer, runs the fast kernels on it and narrows
+//!   the gradient (`convert.rs`: AVX2 / F16C, or the `half` crate's conversions);
+//! - **staged rows** ([`Plan::staged_unit`]) for soft-capping, position weights, half
+//!   probability targets and the LSE / z outputs: each row widened and capped into a scratch
+//!   row, the long-row fused kernel on it, the epilogue in `f64` with `s_i` and `z·s_i·LSE²`,
+//!   the cap's chain factor, one narrowing store.
+//!
+//! Half logits and the `f32` logits of the same widened values take the same route, and the
+//! fast kernels on widened units give the bits of the `f32` problem, except the L1-widened
+//! forward pass, which agrees with them to rounding (its epilogue is per row, in `f64`).
 
 use core::ops::Range;
 
@@ -324,7 +344,7 @@ impl<'a> Plan<'a> {
         (0..self.units()).fold(0.0, |acc, u| acc + self.valid_partial(u))
     }
 
-    /// Whether a problem takes the [staged path](staged): half probabilities, soft-capping,
+    /// Whether a problem takes the [staged path](self#half-logits-and-the-extensions): half probabilities, soft-capping,
     /// position weights, or the per-position LSE or z part asked for. The other problems
     /// (`f32` or half logits, with or without a z-loss) take the fast kernels.
     pub fn is_staged(&self, wants_stats: bool) -> bool {
@@ -332,6 +352,19 @@ impl<'a> Plan<'a> {
             || self.target_data_is_half()
             || self.softcap.is_some()
             || self.position_weight.is_some()
+            || !self.z_folds()
+    }
+
+    /// Whether the z-loss folds into one finite coefficient `z′ = z·D/V` for the fast kernels
+    /// (always without a z-loss or a mean). An infinite class weight makes `D` infinite, and
+    /// then `s = g/D = 0` times `z′ = ∞` would be NaN where the z part's gradient `g/V·…` is
+    /// finite: such problems take the staged path, which scales the z part by `g/V` itself.
+    fn z_folds(&self) -> bool {
+        if self.z_loss == 0.0 || self.reduction != Reduction::Mean {
+            return true;
+        }
+        let (d, v) = (self.mean_denominator(), self.valid_count());
+        d.is_finite() && v != 0.0 && (f64::from(self.z_loss) * d / v).is_finite()
     }
 
     /// The plan with the z-loss set up for the fast kernels, given the mean's `D` and `V`
@@ -372,8 +405,7 @@ impl<'a> Plan<'a> {
         if self.z_plain == 0.0 {
             0.0
         } else {
-            let lse = r.lse();
-            self.z_plain * lse * lse
+            formula::z_part(self.z_plain, 1.0, r.lse())
         }
     }
 

@@ -132,3 +132,40 @@ fn half_logits_with_every_extension_follow_the_reference() {
         }
     }
 }
+
+/// An infinite class weight makes the mean's `D` infinite: the z-loss then cannot fold into the
+/// fast kernels' one coefficient (`0·∞`), and the staged path must give what the reference
+/// gives, element by element (NaN where it has NaN).
+#[test]
+fn z_loss_with_an_infinite_class_weight_follows_the_reference() {
+    let x: Vec<f32> = (0..4 * 6).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
+    let y = [1i64, 0, 2, 1];
+    for dtype in [DType::F32, DType::Bf16] {
+        let data = ProblemData {
+            logits: OwnedElems::from_f32(dtype, &x),
+            shape: vec![4, 6],
+            target: OwnedTarget::Indices(y.to_vec()),
+            target_shape: vec![4],
+            weight: Some(vec![f32::INFINITY, 1.0, 2.0, 1.0, 1.0, 1.0]),
+            ignore_index: -100,
+            reduction: Reduction::Mean,
+            label_smoothing: 0.0,
+            z_loss: 0.3,
+            softcap: None,
+            position_weight: None,
+        };
+        let p = data.problem().unwrap();
+        let (l, g) = CpuBackend::new().forward_backward(&p, &[1.0]).unwrap();
+        let (rl, rg) = ReferenceBackend::new()
+            .forward_backward(&p, &[1.0])
+            .unwrap();
+        for (a, b) in l.iter().chain(&g).zip(rl.iter().chain(&rg)) {
+            assert!(
+                (a.is_nan() && b.is_nan())
+                    || DEFAULT_TOLERANCE.allows(f64::from(*a), f64::from(*b)),
+                "{dtype}: {a} vs {b}"
+            );
+        }
+        assert!(g.iter().any(|v| v.is_finite() && *v != 0.0), "{g:?}");
+    }
+}

@@ -75,8 +75,9 @@
 //! bf16 and f16 logits (and probability targets) are uploaded as their raw 2-byte elements,
 //! two to a `u32` word, and widened on the device in the one accessor every kernel reads them
 //! through (`src/shaders/extensions.wgsl`): bf16 is the top half of an `f32`
-//! (`bitcast<f32>(bits << 16)`), f16 goes through core WGSL's `unpack2x16float`, which is exact
-//! (every f16 is an `f32`) and needs no device feature. `shader-f16` is not used, even where
+//! (`bitcast<f32>(bits << 16)`), f16 is widened on its bits (sign, exponent rebased, subnormals
+//! scaled exactly, infinities and NaN as bits: `unpack2x16float` would be exact too, but WGSL
+//! leaves its infinities and NaN to the implementation), needing no device feature. `shader-f16` is not used, even where
 //! the adapter has it: it gives f16 *arithmetic*, and the kernels want `f32` arithmetic on the
 //! widened values. So a half problem runs exactly the dispatches and arithmetic of the `f32`
 //! problem of its widened values: the same bits, only the loads differ (the test

@@ -1077,14 +1077,16 @@ impl Workspace {
         if loss_out.is_some() || z_out.is_some() {
             // 0/0 = NaN for a mean over D = 0 (or V = 0), as the specification asks; the z part
             // divides by V, the cross-entropy by D.
-            let ce = formula::reduce(loaded.reduction, f64::from(totals[0]), loaded.denominator);
-            let z = if z_on {
-                formula::reduce(loaded.reduction, f64::from(totals[1]), loaded.valid)
-            } else {
-                0.0
-            };
+            let (total, z) = formula::reduce_with_z(
+                loaded.reduction,
+                f64::from(totals[0]),
+                f64::from(totals[1]),
+                loaded.denominator,
+                loaded.valid,
+                z_on,
+            );
             if let Some(loss) = loss_out {
-                loss[0] = if z_on { ce + z } else { ce } as f32;
+                loss[0] = total as f32;
             }
             if let Some(out) = z_out {
                 out[0] = z as f32;

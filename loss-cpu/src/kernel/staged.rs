@@ -1,5 +1,6 @@
-//! The staged path: problems whose logits are `bf16`/`f16`, that soft-cap, weight positions or
-//! add a z-loss, or that ask for the per-position LSE or z part.
+//! The staged path: problems that soft-cap, weight positions, have half probability targets, a
+//! z-loss that does not fold into one coefficient (an infinite `D`), or ask for the
+//! per-position LSE or z part, whatever the logits' type.
 //!
 //! Each position's row is *staged*: widened to `f32` (exactly) into a scratch row that stays in
 //! L1 (L2 for rows past 8K classes), soft-capped there with a vectorised `tanh` ([`tanh_lanes`]).
@@ -11,9 +12,9 @@
 //! store into the caller's buffer (`f32`, `bf16` or `f16`, rounded once to nearest even). Memory
 //! sees one read of the logits and one write of the gradient, in their own element type.
 //!
-//! A half input and the `f32` input of the same widened values take this same path when an
-//! extension is on, so they give the same bits. Plain `f32` problems keep the fast kernels of
-//! the [parent module](super) (a scratch copy would cost them a pass over L1 per row).
+//! A half input and the `f32` input of the same widened values take this same path, so they give
+//! the same bits. The other problems take the fast kernels of the [parent module](super), on
+//! widened units for half logits (a scratch copy would cost a plain row a pass over L1).
 
 use loss_core::formula;
 use loss_core::{Elems, ElemsMut, Outputs, Reduction, TargetData};
@@ -86,14 +87,16 @@ impl StagedCall<'_> {
         }
         let ce = partials.iter().fold(0.0, |acc, p| acc + p.ce);
         let z = partials.iter().fold(0.0, |acc, p| acc + p.z);
-        let ce = formula::reduce(self.reduction, ce, self.denominator);
-        let z = if self.z > 0.0 {
-            formula::reduce(self.reduction, z, self.valid)
-        } else {
-            0.0
-        };
+        let (loss, z) = formula::reduce_with_z(
+            self.reduction,
+            ce,
+            z,
+            self.denominator,
+            self.valid,
+            self.z > 0.0,
+        );
         if let Some(l) = self.loss {
-            l[0] = (if self.z > 0.0 { ce + z } else { ce }) as f32;
+            l[0] = loss as f32;
         }
         if let Some(l) = self.z_loss {
             l[0] = z as f32;
@@ -165,7 +168,7 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// One unit of the staged path (see the [module docs](self)): `logits` is the unit's span
+    /// One unit of the [staged path](crate::kernel#half-logits-and-the-extensions): `logits` is the unit's span
     /// ([`Plan::unit_logits`]) in any element type, `out` the unit's outputs.
     ///
     /// # Panics

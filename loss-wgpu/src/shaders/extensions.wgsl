@@ -9,10 +9,11 @@
 // Elements: the logits (and probability targets) are bound as `array<u32>` and widened here, in
 // the one accessor each kernel reads them through, so a half problem differs from the `f32`
 // problem of its widened values only in how elements are loaded: the arithmetic after the load is
-// the same `f32` arithmetic, bit for bit. bf16 is the top half of an `f32` (a shift); f16 goes
-// through core WGSL's `unpack2x16float`, exact (every f16, subnormals, infinities and NaN, is an
-// `f32`). `shader-f16` is not used: it would give f16 arithmetic, and the kernels want `f32`
-// arithmetic on widened values.
+// the same `f32` arithmetic, bit for bit. bf16 is the top half of an `f32` (a shift); f16 is
+// widened by hand on the bits (`f16_to_f32`: sign, exponent rebased, subnormals scaled exactly,
+// infinities and NaN built as bits), not with `unpack2x16float`, whose result WGSL leaves to the
+// implementation for infinities and NaN (masked classes are −∞). `shader-f16` is not used: it
+// would give f16 arithmetic, and the kernels want `f32` arithmetic on widened values.
 
 const X_ZLOSS: bool = (EXT & FLAG_ZLOSS) != 0u;
 const X_SOFTCAP: bool = (EXT & FLAG_SOFTCAP) != 0u;
@@ -24,14 +25,29 @@ const X_BF16: bool = (EXT & FLAG_BF16) != 0u;
 const X_F16: bool = (EXT & FLAG_F16) != 0u;
 const X_HALF: bool = X_BF16 || X_F16;
 
+// The f16 of the low 16 bits of `h`, exactly, as an f32.
+fn f16_to_f32(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    if (e == 0x1fu) {
+        // Infinities and NaN (payload kept, shifted into place).
+        return bitcast<f32>(sign | 0x7f800000u | (m << 13u));
+    }
+    if (e == 0u) {
+        // Zero and subnormals: m·2^-24, exact in f32 (m < 2^10); the sign by bits.
+        return bitcast<f32>(sign | bitcast<u32>(f32(m) * 5.9604644775390625e-8));
+    }
+    return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+}
+
 // Element `i` of a half tensor, from the word that holds it.
 fn widen_half(word: u32, i: u32) -> f32 {
     let odd = (i & 1u) == 1u;
     if (X_BF16) {
         return bitcast<f32>(select(word << 16u, word & 0xffff0000u, odd));
     }
-    let pair = unpack2x16float(word);
-    return select(pair.x, pair.y, odd);
+    return f16_to_f32(select(word & 0xffffu, word >> 16u, odd));
 }
 
 // Logit `i` as stored (widened).
