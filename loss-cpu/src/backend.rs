@@ -108,24 +108,27 @@ impl LossBackend for CpuBackend {
             .grad
             .as_ref()
             .is_none_or(|g| g.grad.dtype() == DType::F32);
-        if plan.is_staged(out.wants_stats()) {
-            // Extensions, half probabilities, the LSE or z outputs: the staged rows.
-            let mut call = plan.staged_call(out);
-            let partials: Vec<StagedPartial> = (0..plan.units())
-                .zip(call.units.iter_mut())
-                .map(|(u, o)| {
-                    let span = plan.unit_logits(u);
-                    plan.staged_unit(u, problem.logits().slice(span), std::mem::take(o))
-                })
-                .collect();
-            call.finish(&partials);
-            return Ok(());
-        }
+        let staged = plan.is_staged(out.wants_stats());
         let logits = match problem.logits() {
-            Elems::F32(x) if f32_grad => x,
-            // Half logits or a half gradient, nothing else: the plain kernels on widened units.
+            Elems::F32(x) if f32_grad && !staged => x,
+            // Extensions, half probabilities, the LSE or z outputs: the staged rows; half logits
+            // or a half gradient, nothing else: the plain kernels on widened units. Both on the
+            // same per-unit outputs, their partials added in unit order.
             logits => {
-                widened(&plan, logits, out);
+                let mut call = plan.staged_call(out);
+                let fast = call.fast_plan(&plan);
+                let partials: Vec<StagedPartial> = (0..plan.units())
+                    .zip(call.units.iter_mut())
+                    .map(|(u, o)| {
+                        let (x, o) = (logits.slice(plan.unit_logits(u)), std::mem::take(o));
+                        if staged {
+                            plan.staged_unit(u, x, o)
+                        } else {
+                            fast.widened_unit(u, x, o)
+                        }
+                    })
+                    .collect();
+                call.finish(&partials);
                 return Ok(());
             }
         };
@@ -143,41 +146,6 @@ impl LossBackend for CpuBackend {
                 Ok(())
             }
         }
-    }
-}
-
-/// The plain kernels over units widened from half logits (or narrowed into a half gradient),
-/// in order ([`Plan::widened_unit`]).
-fn widened(plan: &Plan<'_>, logits: Elems<'_>, mut out: Outputs<'_>) {
-    let (plan, denominator) = plan.ready();
-    let plan = &plan;
-    let none = plan.reduction() == Reduction::None;
-    let grad = out.grad.take();
-    let (scale, mut grad_buf) = match grad {
-        Some(g) => (
-            Some(plan.grad_scale(g.grad_output, denominator)),
-            Some(g.grad),
-        ),
-        None => (None, None),
-    };
-    let mut loss = out.loss.take();
-    let mut total = 0.0;
-    for unit in 0..plan.units() {
-        let span = plan.unit_logits(unit);
-        let losses = match loss.as_deref_mut() {
-            Some(l) if none => Some(&mut l[plan.unit_positions(unit)]),
-            _ => None,
-        };
-        let g = match (scale, grad_buf.as_mut()) {
-            (Some(s), Some(buf)) => Some((s, buf.slice_mut(span.clone()))),
-            _ => None,
-        };
-        total += plan.widened_unit(unit, logits.slice(span), losses, g);
-    }
-    if let Some(l) = loss
-        && !none
-    {
-        l[0] = plan.reduce(total, denominator);
     }
 }
 

@@ -112,6 +112,26 @@ impl LseState {
         Arch::new().dispatch(LseOp { x: logits })
     }
 
+    /// Raises the max to `m` when `m` is larger (the online step of a chunked row): the sum is
+    /// rescaled to the new max (0 while the old one was −∞, keeping a NaN). Returns, when the
+    /// max grew, the shift of the origin, `origin(new) − origin(old)`, by which sums relative to
+    /// it must move.
+    #[inline(always)]
+    pub(crate) fn raise_max(&mut self, m: f32) -> Option<f64> {
+        // (`m > max` is false for a NaN `m`, as the original comparisons were.)
+        if m.partial_cmp(&self.max) != Some(core::cmp::Ordering::Greater) {
+            return None;
+        }
+        self.sum = if self.max == f32::NEG_INFINITY {
+            self.sum * 0.0
+        } else {
+            self.sum * (f64::from(self.max) - f64::from(m)).exp()
+        };
+        let shift = f64::from(origin(m)) - f64::from(origin(self.max));
+        self.max = m;
+        Some(shift)
+    }
+
     /// The state of the union of two disjoint parts.
     pub fn merge(self, other: LseState) -> LseState {
         if self.max.is_nan() || other.max.is_nan() {
@@ -435,13 +455,15 @@ impl<'a> Plan<'a> {
     }
 
     /// One unit of a problem that is plain but for its element types (half logits, or a half
-    /// gradient buffer; no extension, `f32` or index targets): the unit's logits widened into a
-    /// per-thread `f32` buffer (at most [`UNIT_LOGITS`] logits, or one row: L2-sized), the plain
-    /// kernels run on it ([`Plan::forward_unit`], or [`Plan::fused_unit_in_place`] and the
-    /// gradient narrowed into `grad`, the unit's span). The same bits as the plain kernels on the
-    /// widened logits, except the forward pass of contiguous index-target rows, which widens
-    /// each chunk in L1 (`half.rs`) and agrees with them to rounding. Returns the unit's loss
-    /// partial.
+    /// gradient buffer; no extension but a z-loss, `f32` or index targets), on the unit's outputs
+    /// of [`Plan::staged_call`] and with the plan [`StagedCall::fast_plan`] gives: the unit's
+    /// logits widened into a per-thread `f32` buffer (at most [`UNIT_LOGITS`] logits, or one
+    /// row: L2-sized), the plain kernels run on it ([`Plan::forward_unit`], or
+    /// [`Plan::fused_unit_in_place`] and the gradient narrowed into the unit's span of the
+    /// buffer). The same bits as the plain kernels on the widened logits, except the forward pass
+    /// of contiguous index-target rows, which widens each chunk in L1 (`half.rs`) and agrees
+    /// with them to rounding. Returns the unit's partial (its z part is in the cross-entropy's:
+    /// the fast kernels fold it).
     ///
     /// # Panics
     /// On wrong lengths, as [`Plan::forward_unit`].
@@ -449,8 +471,19 @@ impl<'a> Plan<'a> {
         &self,
         unit: usize,
         logits: loss_core::Elems<'_>,
+        out: StagedOut<'_>,
+    ) -> StagedPartial {
+        let ce = self.widened_unit_loss(unit, logits, out.losses, out.grad);
+        // (The z-loss, folded into the fast kernels' `z′`, is in the cross-entropy's partial.)
+        StagedPartial { ce, z: 0.0 }
+    }
+
+    fn widened_unit_loss(
+        &self,
+        unit: usize,
+        logits: loss_core::Elems<'_>,
         losses: Option<&mut [f32]>,
-        grad: Option<(GradScale<'_>, loss_core::ElemsMut<'_>)>,
+        grad: Option<(StagedScales<'_>, loss_core::ElemsMut<'_>)>,
     ) -> f64 {
         thread_local! {
             static STAGE: core::cell::RefCell<Vec<f32>> = const { core::cell::RefCell::new(Vec::new()) };
@@ -473,8 +506,8 @@ impl<'a> Plan<'a> {
             convert::widen(logits, stage);
             match grad {
                 None => self.forward_unit(unit, stage, losses),
-                Some((scale, out)) => {
-                    let partial = self.fused_unit_in_place(unit, stage, scale, losses);
+                Some((scales, out)) => {
+                    let partial = self.fused_unit_in_place(unit, stage, scales.ce, losses);
                     convert::narrow(stage, out);
                     partial
                 }

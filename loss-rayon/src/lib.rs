@@ -278,10 +278,13 @@ impl RayonBackend {
 }
 
 impl RayonBackend {
-    /// The staged path (half logits, extensions, LSE and z outputs): loss-cpu's staged units on
-    /// the pool, their partials added in unit order (loss-cpu's order, hence its bits).
-    fn staged(&self, problem: &Problem<'_>, plan: &Plan<'_>, out: Outputs<'_>) {
+    /// The staged rows (extensions, half probabilities, LSE and z outputs) or the widened units
+    /// (half logits or gradients, nothing else): loss-cpu's unit functions on the pool, on the
+    /// per-unit outputs of [`Plan::staged_call`], their partials added in unit order (loss-cpu's
+    /// order, hence its bits).
+    fn by_units(&self, problem: &Problem<'_>, plan: &Plan<'_>, staged: bool, out: Outputs<'_>) {
         let mut call = plan.staged_call(out);
+        let fast = call.fast_plan(plan);
         let mut partials = vec![StagedPartial::default(); plan.units()];
         let span = plan.unit_logits(0).len().max(1);
         let min_len = MIN_TASK_LOGITS.div_ceil(span).max(1);
@@ -293,67 +296,15 @@ impl RayonBackend {
                 .enumerate()
                 .with_min_len(min_len)
                 .for_each(|(u, (p, o))| {
-                    let x = logits.slice(plan.unit_logits(u));
-                    *p = plan.staged_unit(u, x, std::mem::take(o));
+                    let (x, o) = (logits.slice(plan.unit_logits(u)), std::mem::take(o));
+                    *p = if staged {
+                        plan.staged_unit(u, x, o)
+                    } else {
+                        fast.widened_unit(u, x, o)
+                    };
                 });
         });
         call.finish(&partials);
-    }
-
-    /// Half logits or a half gradient, nothing else: loss-cpu's widened units on the pool, their
-    /// partials added in unit order.
-    fn widened(&self, problem: &Problem<'_>, plan: &Plan<'_>, mut out: Outputs<'_>) {
-        let (plan, denominator) = plan.ready();
-        let plan = &plan;
-        let units = plan.units();
-        let none = plan.reduction() == Reduction::None;
-        let grad = out.grad.take();
-        let mut loss = out.loss.take();
-        let scale = grad
-            .as_ref()
-            .map(|g| plan.grad_scale(g.grad_output, denominator));
-        // Each unit's own spans of the gradient and (for `none`) of the losses.
-        let mut grads: Vec<Option<loss_core::ElemsMut<'_>>> = Vec::with_capacity(units);
-        let mut rest = grad.map(|g| g.grad);
-        for u in 0..units {
-            let span = plan.unit_logits(u).len();
-            grads.push(rest.take().map(|g| {
-                let (head, tail) = g.split_at_mut(span);
-                rest = Some(tail);
-                head
-            }));
-        }
-        let mut losses: Vec<Option<&mut [f32]>> = match loss.as_deref_mut() {
-            Some(l) if none && units > 0 => l
-                .chunks_mut(plan.unit_positions(0).len())
-                .map(Some)
-                .collect(),
-            _ => (0..units).map(|_| None).collect(),
-        };
-        let mut partials = vec![0.0f64; units];
-        let span = plan.unit_logits(0).len().max(1);
-        let min_len = MIN_TASK_LOGITS.div_ceil(span).max(1);
-        let logits = problem.logits();
-        self.pool.install(|| {
-            partials
-                .par_iter_mut()
-                .zip(grads.par_iter_mut().zip(losses.par_iter_mut()))
-                .enumerate()
-                .with_min_len(min_len)
-                .for_each(|(u, (p, (g, l)))| {
-                    let x = logits.slice(plan.unit_logits(u));
-                    let g = match (scale, g.take()) {
-                        (Some(s), Some(g)) => Some((s, g)),
-                        _ => None,
-                    };
-                    *p = plan.widened_unit(u, x, l.take(), g);
-                });
-        });
-        if let Some(l) = loss
-            && !none
-        {
-            l[0] = plan.reduce(partials.iter().fold(0.0, |a, &p| a + p), denominator);
-        }
     }
 }
 
@@ -377,11 +328,7 @@ impl LossBackend for RayonBackend {
                 return loss_cpu::CpuBackend::new().compute(problem, out);
             }
             problem.check_outputs(&out)?;
-            if staged {
-                self.staged(problem, &plan, out);
-            } else {
-                self.widened(problem, &plan, out);
-            }
+            self.by_units(problem, &plan, staged, out);
             return Ok(());
         }
         problem.check_outputs(&out)?;

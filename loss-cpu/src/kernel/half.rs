@@ -59,15 +59,8 @@ impl WithSimd for HalfForwardOp<'_, '_, '_, '_> {
                 // The next chunk of the half input (or the next row's first), in bytes.
                 let next = (k * classes + end).min(logits.len().saturating_sub(1));
                 let ahead = bytes.as_ptr().wrapping_add(next * size).cast::<f32>();
-                let m = chunk_max(simd, x);
-                if m > state.max {
-                    state.sum = if state.max == f32::NEG_INFINITY {
-                        state.sum * 0.0
-                    } else {
-                        state.sum * (f64::from(state.max) - f64::from(m)).exp()
-                    };
-                    wx -= (f64::from(origin(m)) - f64::from(origin(state.max))) * ws;
-                    state.max = m;
+                if let Some(shift) = state.raise_max(chunk_max(simd, x)) {
+                    wx -= shift * ws;
                 }
                 let o = origin(state.max);
                 if plan.smoothed() {

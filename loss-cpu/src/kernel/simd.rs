@@ -147,15 +147,7 @@ pub(super) fn row_lse<S: Simd>(simd: S, x: &[f32]) -> LseState {
     let mut state = LseState::EMPTY;
     for (k, chunk) in x.chunks(CHUNK).enumerate() {
         let ahead = x.as_ptr().wrapping_add((k + 1) * CHUNK.min(x.len()));
-        let m = chunk_max(simd, chunk);
-        if m > state.max {
-            state.sum = if state.max == f32::NEG_INFINITY {
-                state.sum * 0.0
-            } else {
-                state.sum * (f64::from(state.max) - f64::from(m)).exp()
-            };
-            state.max = m;
-        }
+        state.raise_max(chunk_max(simd, chunk));
         state.sum += f64::from(chunk_sum_exp(simd, chunk, origin(state.max), ahead));
     }
     state
@@ -314,21 +306,13 @@ pub(super) fn fused_row_first<S: Simd>(
             Some(x) => &x[start..end],
             None => &dst[start..end],
         };
-        let m = chunk_max(simd, x);
-        if m > state.max {
-            state.sum = if state.max == f32::NEG_INFINITY {
-                state.sum * 0.0
-            } else {
-                state.sum * (f64::from(state.max) - f64::from(m)).exp()
-            };
-            // Σ w·(x − o_old) = Σ w·(x − o_new) + (o_new − o_old)·Σ w.
-            let shift = f64::from(origin(m)) - f64::from(origin(state.max));
+        // Σ w·(x − o_old) = Σ w·(x − o_new) + (o_new − o_old)·Σ w.
+        if let Some(shift) = state.raise_max(chunk_max(simd, x)) {
             match extras {
                 Extras::Nothing => {}
                 Extras::WeightedSum(_) => e1 -= shift * e2,
                 Extras::Probs { .. } => e2 -= shift * e1,
             }
-            state.max = m;
         }
         let o = origin(state.max);
         match extras {

@@ -75,6 +75,12 @@ pub struct StagedCall<'o> {
 }
 
 impl StagedCall<'_> {
+    /// `plan` set up for the fast kernels with this call's `D` and `V` (computed once, here):
+    /// what [`Plan::widened_unit`] runs with, on the same per-unit outputs.
+    pub fn fast_plan<'a>(&self, plan: &Plan<'a>) -> Plan<'a> {
+        plan.with_denominators(self.denominator, self.valid)
+    }
+
     /// Writes the reduced loss and z part (sum and mean) from the units' partials, added in
     /// unit order.
     ///

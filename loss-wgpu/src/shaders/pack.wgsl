@@ -68,22 +68,34 @@ fn word_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-@compute @workgroup_size(WG)
-fn pack_bf16(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let k = word_index(wid, nwg, lid);
+// The half-type bits (bf16 when `is_bf16`, else f16) of the f32 with bits `v`.
+fn half_bits(v: u32, is_bf16: bool) -> u32 {
+    if (is_bf16) {
+        return bf16_bits(v);
+    }
+    return f16_bits(v);
+}
+
+// Word `k` of the packed output: elements 2k (low half) and 2k + 1 (high half, 0 past the end).
+fn pack_word(k: u32, is_bf16: bool) {
     let i = 2u * k;
     if (i >= params.n) {
         return;
     }
     var high = 0u;
     if (i + 1u < params.n) {
-        high = bf16_bits(src[i + 1u]);
+        high = half_bits(src[i + 1u], is_bf16);
     }
-    dst[k] = bf16_bits(src[i]) | (high << 16u);
+    dst[k] = half_bits(src[i], is_bf16) | (high << 16u);
+}
+
+@compute @workgroup_size(WG)
+fn pack_bf16(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    pack_word(word_index(wid, nwg, lid), true);
 }
 
 @compute @workgroup_size(WG)
@@ -92,14 +104,5 @@ fn pack_f16(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let k = word_index(wid, nwg, lid);
-    let i = 2u * k;
-    if (i >= params.n) {
-        return;
-    }
-    var high = 0u;
-    if (i + 1u < params.n) {
-        high = f16_bits(src[i + 1u]);
-    }
-    dst[k] = f16_bits(src[i]) | (high << 16u);
+    pack_word(word_index(wid, nwg, lid), false);
 }
