@@ -303,6 +303,23 @@ pub fn z_coefficient(z_scale: f64, z: f64, position_weight: f64, lse: f64) -> f6
     z_scale * 2.0 * z * position_weight * lse
 }
 
+/// The sum over its classes of one valid position's gradient, `Σ_c ∂L_i/∂x[c]`, given the
+/// position's z-loss coefficient of `p[c]` ([`z_coefficient`]; 0 without a z-loss).
+///
+/// The cross-entropy part sums to zero for both kinds of target, whatever the weights and the
+/// smoothing: with `Σ_c p[c] = 1`, an index target's `a·Σp − b·W − fix` is `0` because
+/// `a = fix + b·W` ([`IndexCoefficients`]), and a probability target's `s·(mass − Σ w·t')` is `0`
+/// by the definition of `mass`. Only the z-loss's `zc·p[c]` is left, and it sums to `zc`.
+///
+/// This is what lets a kernel restore the one element whose terms cancel — the target of a
+/// confident row, `a·p_y − fix` with `p_y → 1` — from the other elements, which carry no
+/// cancellation: `g[k] = gradient_sum(zc) − Σ_{c≠k} g[c]`. Computed directly in `f32`, that
+/// element keeps an absolute error of a few `f32` ulps of `s`, far above a half gradient's
+/// subnormal steps.
+pub fn gradient_sum(z_coefficient: f64) -> f64 {
+    z_coefficient
+}
+
 /// The reduced loss from the sum of the per-position losses: the sum itself, or for `mean` the
 /// sum over `D` (NaN when `D = 0`, as PyTorch). Meaningless for `none`, whose losses are the
 /// per-position ones.

@@ -113,7 +113,7 @@ pub use problem::{
     Problem, ProblemData, Reduction, Target, TargetData, shape_from_i64,
 };
 pub use reference::ReferenceBackend;
-pub use tolerance::{DEFAULT_TOLERANCE, Tolerance};
+pub use tolerance::{DEFAULT_TOLERANCE, Tolerance, grad_tolerance};
 
 /// This crate's version, for reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -235,6 +235,127 @@ pub fn large_problems() -> impl Strategy<Value = ProblemData> {
     problems_of(large_shapes())
 }
 
+/// The layouts a half gradient is computed in, which the generator of
+/// [`half_gradient_problems`] cycles through: each reaches a different kernel of a backend.
+const HALF_LAYOUTS: usize = 6;
+
+/// Problems whose half gradients reach below the half type's smallest normal (`f16`: `6.1·10⁻⁵`),
+/// with the LSE asked for or not (it moves a backend to another route). Every layout a backend
+/// has a kernel for — short rows (rows as lanes), medium rows, long rows, rows long enough to be
+/// split, K-dimensional tiles, unbatched — holds *confident* rows: the target's logit sits a margin
+/// of `ln C + 8…17` above the others, so `1 − p_y` runs from about `10⁻⁷` to `3·10⁻⁴` and the
+/// target's gradient `s·w_y·(p_y − 1)` is a difference of two numbers near `s` that cancel into a
+/// half subnormal. Index targets (some ignored) or near-one-hot probability targets; every
+/// reduction, class weights, sometimes smoothing, and sometimes a z-loss, position weights or a
+/// soft-cap (other routes again).
+pub fn half_gradient_problems() -> impl Strategy<Value = (ProblemData, bool)> {
+    (0..HALF_LAYOUTS, any::<u64>(), 0usize..8, prop::bool::ANY).prop_map(
+        |(layout, seed, extension, stats)| (half_gradient_problem(layout, seed, extension), stats),
+    )
+}
+
+/// One problem of [`half_gradient_problems`]: `layout` picks the shape's kind, `extension` an
+/// extension (values 4 and up: none).
+pub fn half_gradient_problem(layout: usize, seed: u64, extension: usize) -> ProblemData {
+    let mut rng = Rng::new(seed);
+    let mut int = |lo: usize, hi: usize| lo + rng.below(hi - lo);
+    let shape: Vec<usize> = match layout % HALF_LAYOUTS {
+        0 => vec![int(1, 40), int(2, 17)],
+        1 => vec![int(1, 24), int(17, 600)],
+        2 => vec![int(1, 3), int(2049, 5000)],
+        3 => vec![int(1, 3), int(32768, 33500)],
+        4 => match int(0, 2) {
+            0 => vec![int(1, 3), int(2, 40), int(2, 19)],
+            _ => vec![int(1, 3), int(2, 20), int(2, 5), int(2, 5)],
+        },
+        _ => vec![int(2, 3000)],
+    };
+    let mut rng = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let axis = class_axis(&shape);
+    let classes = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let len: usize = shape.iter().product();
+    let positions = len / classes;
+    let dtype = if rng.below(4) == 0 {
+        DType::Bf16
+    } else {
+        DType::F16
+    };
+    let probs = !layout.is_multiple_of(HALF_LAYOUTS) && rng.below(5) == 0;
+    let mut logits: Vec<f32> = (0..len).map(|_| rng.unit() * 8.0 - 4.0).collect();
+    let mut targets = Vec::with_capacity(positions);
+    let mut t = vec![0.0f32; if probs { len } else { 0 }];
+    for p in 0..positions {
+        let at = |c: usize| (p / inner) * classes * inner + p % inner + c * inner;
+        let y = rng.below(classes);
+        let top = (0..classes)
+            .filter(|&c| c != y)
+            .map(|c| logits[at(c)])
+            .fold(-4.0f32, f32::max);
+        logits[at(y)] = top + (classes as f32).ln() + 8.0 + 9.0 * rng.unit();
+        if probs {
+            let spill = 1e-3 * rng.unit();
+            for c in 0..classes {
+                t[at(c)] = if c == y {
+                    1.0 - spill
+                } else {
+                    spill / (classes - 1).max(1) as f32
+                };
+            }
+        }
+        targets.push(if rng.below(10) == 0 { -100 } else { y as i64 });
+    }
+    let reduction = [Reduction::Sum, Reduction::None, Reduction::Mean][rng.below(3)];
+    let weight =
+        (rng.below(2) == 0).then(|| (0..classes).map(|_| 0.5 + 1.5 * rng.unit()).collect());
+    let label_smoothing = if rng.below(5) == 0 {
+        0.05 * rng.unit()
+    } else {
+        0.0
+    };
+    let (z_loss, softcap, position_weight) = match extension {
+        0 => (1e-4 + 1e-2 * rng.unit(), None, None),
+        1 => (0.0, Some(60.0), None),
+        2 => (
+            0.0,
+            None,
+            Some((0..positions).map(|_| 0.25 + 1.5 * rng.unit()).collect()),
+        ),
+        _ => (0.0, None, None),
+    };
+    let target_shape = if probs {
+        shape.clone()
+    } else {
+        shape
+            .iter()
+            .enumerate()
+            .filter(|&(a, _)| a != axis)
+            .map(|(_, &d)| d)
+            .collect()
+    };
+    ProblemData {
+        logits: OwnedElems::from_f32(dtype, &logits),
+        target: if probs {
+            OwnedTarget::Probs(OwnedElems::from_f32(dtype, &t))
+        } else {
+            OwnedTarget::Indices(targets)
+        },
+        shape,
+        target_shape,
+        weight,
+        ignore_index: if probs {
+            -100
+        } else {
+            crate::DEFAULT_IGNORE_INDEX
+        },
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        position_weight,
+    }
+}
+
 /// A valid problem made malformed in one of several ways, with the error kind it must give.
 pub fn malformed_problems() -> impl Strategy<Value = (ProblemData, ErrorKind)> {
     (problems(), 0usize..13, any::<u32>()).prop_map(|(data, how, salt)| corrupt(data, how, salt))
@@ -727,6 +848,40 @@ pub fn check_zero_position_weight(
     assert_close("zero weight vs ignored: grad", &ga, &widen(&gb), tol)
 }
 
+/// The gradient written in the logits' half type (with the loss, and the LSE when `stats`)
+/// agrees with the reference's `f64` gradient to that type's gradient tolerance
+/// ([`crate::grad_tolerance`]) — to the half type's rounding, subnormals included. For
+/// [`half_gradient_problems`].
+pub fn check_half_gradient_exact(
+    backend: &dyn LossBackend,
+    data: &ProblemData,
+    stats: bool,
+) -> Result<(), TestCaseError> {
+    let problem = data.problem().map_err(fail)?;
+    let dtype = problem.dtype();
+    let g = upstream(data, problem.loss_len());
+    let logits = problem.logits().to_f64_vec();
+    let g64 = widen(&g);
+    let expected = reference::answers_f64(&problem, &logits, Some(&g64))
+        .grad
+        .expect("a gradient was asked for");
+    let mut loss = vec![0.0; problem.loss_len()];
+    let mut lse = vec![0.0; problem.positions()];
+    let mut grad = OwnedElems::zeros(dtype, problem.len());
+    guarded("compute", || {
+        let out = Outputs::new().loss(&mut loss).grad(&g, grad.view_mut());
+        backend.compute(&problem, if stats { out.lse(&mut lse) } else { out })
+    })?
+    .map_err(fail)?;
+    let tol = backend.tolerance(crate::grad_tolerance(dtype));
+    assert_close(
+        &format!("{} gradient", dtype.as_str()),
+        &grad.to_f32_vec(),
+        &expected,
+        tol,
+    )
+}
+
 /// Half logits give what the `f32` path gives on the same widened values: the loss, the `f32`
 /// gradient, the LSE. Bit for bit when the problem has an extension on (every backend runs those
 /// through one kernel whatever the input type); within the tolerance otherwise (a backend may
@@ -897,6 +1052,15 @@ macro_rules! backend_property_tests {
                 with_backend!(b => {
                     kit::proptest::proptest!(config($cases), |(data in kit::problems(), half in kit::proptest::sample::select(vec![$crate::DType::Bf16, $crate::DType::F16]))| {
                         kit::check_half_matches_f32(b, &data, half)?;
+                    });
+                })
+            }
+
+            #[test]
+            fn half_gradients_are_exact_to_their_type() {
+                with_backend!(b => {
+                    kit::proptest::proptest!(config($cases.min(48)), |((data, stats) in kit::half_gradient_problems())| {
+                        kit::check_half_gradient_exact(b, &data, stats)?;
                     });
                 })
             }

@@ -1,5 +1,7 @@
 //! Tolerances: how close a backend's number must be to the expected one.
 
+use crate::dtype::DType;
+
 /// An element passes when `|got − expected| ≤ atol + rtol·|expected|`; infinities must match
 /// exactly and NaN is matched only by NaN.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,3 +43,15 @@ impl Tolerance {
 /// The tolerance of the vendored vectors, used wherever no file gives one (property tests, the
 /// harness's cross-checks). Backends may loosen it through [`crate::LossBackend::tolerance`].
 pub const DEFAULT_TOLERANCE: Tolerance = Tolerance::new(1e-4, 1e-5);
+
+/// The tolerance of a gradient *written in* `dtype` where no vector file gives one: the vendored
+/// format-2 file's `grad_tolerance_by_dtype` (it allows the rounding of the answer to that type:
+/// about half a unit of its last place relatively, and a fraction of its smallest normal
+/// absolutely, so `f16`'s subnormal steps of `6·10⁻⁸` count), [`DEFAULT_TOLERANCE`] for `f32`.
+pub fn grad_tolerance(dtype: DType) -> Tolerance {
+    match dtype {
+        DType::F32 => DEFAULT_TOLERANCE,
+        DType::Bf16 => Tolerance::new(7.9e-3, 1e-6),
+        DType::F16 => Tolerance::new(9.8e-4, 1e-7),
+    }
+}

@@ -515,3 +515,34 @@ mod ndarray_entry_point {
         }
     }
 }
+
+/// The half-gradient generator does what it claims: in every layout, the answers of its `f16`
+/// problems reach below `f16`'s smallest normal (without being 0), so the property that runs on
+/// it (`half_gradients_are_exact_to_their_type`, on every backend) exercises the subnormals.
+#[test]
+fn half_gradient_problems_reach_the_subnormals() {
+    const F16_MIN_NORMAL: f64 = 6.103_515_625e-5;
+    for layout in 0..6 {
+        let mut subnormal = 0;
+        for seed in 0..24 {
+            let data = kit::half_gradient_problem(layout, seed, 7);
+            let problem = data.problem().expect("a valid problem");
+            if problem.dtype() != loss_core::DType::F16 || problem.reduction() == Reduction::Mean {
+                continue;
+            }
+            let g = vec![1.0; problem.loss_len()];
+            let logits = problem.logits().to_f64_vec();
+            let grad = reference::answers_f64(&problem, &logits, Some(&g))
+                .grad
+                .unwrap();
+            subnormal += grad
+                .iter()
+                .filter(|v| v.abs() > 0.0 && v.abs() < F16_MIN_NORMAL)
+                .count();
+        }
+        assert!(
+            subnormal >= 10,
+            "layout {layout}: {subnormal} subnormal gradients"
+        );
+    }
+}

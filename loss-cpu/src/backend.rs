@@ -5,7 +5,7 @@ use loss_core::{
     Result, Target, TargetData,
 };
 
-use crate::kernel::{Plan, StagedPartial};
+use crate::kernel::{Plan, Route, StagedPartial};
 
 /// The single-threaded fused SIMD backend (`name() == "cpu"`).
 ///
@@ -37,8 +37,16 @@ impl CpuBackend {
         grad_output: &[f32],
         loss: &mut [f32],
     ) -> Result<()> {
-        if options.softcap.is_some() || options.position_weight.is_some() {
-            // The staged path reads the logits while it writes the gradient: from a copy.
+        let (layout, route) = {
+            let problem = Problem::new(&*logits, shape, target, options)?;
+            problem.check_loss_buffer(loss)?;
+            problem.check_grad_output(grad_output)?;
+            let route = Plan::new(&problem).route(DType::F32, Some(DType::F32), false);
+            (problem.layout(), route)
+        };
+        if route != Route::Plain {
+            // The same route as `compute` takes; the staged rows read the logits while they
+            // write the gradient, so from a copy.
             let copy = logits.to_vec();
             let problem = Problem::new(&copy, shape, target, options)?;
             return self.compute(
@@ -46,12 +54,6 @@ impl CpuBackend {
                 Outputs::new().loss(loss).grad(grad_output, &mut *logits),
             );
         }
-        let layout = {
-            let problem = Problem::new(&*logits, shape, target, options)?;
-            problem.check_loss_buffer(loss)?;
-            problem.check_grad_output(grad_output)?;
-            problem.layout()
-        };
         let target = match target {
             Target::Indices { data, .. } => TargetData::Indices(data),
             Target::Probs { data, .. } => TargetData::Probs(data),
@@ -104,17 +106,16 @@ impl LossBackend for CpuBackend {
     fn compute(&self, problem: &Problem<'_>, mut out: Outputs<'_>) -> Result<()> {
         problem.check_outputs(&out)?;
         let plan = Plan::new(problem);
-        let f32_grad = out
-            .grad
-            .as_ref()
-            .is_none_or(|g| g.grad.dtype() == DType::F32);
-        let staged = plan.is_staged(out.wants_stats());
-        let logits = match problem.logits() {
-            Elems::F32(x) if f32_grad && !staged => x,
+        let logits = match (
+            plan.route_of(problem.logits().dtype(), &out),
+            problem.logits(),
+        ) {
+            (Route::Plain, Elems::F32(x)) => x,
             // Extensions, half probabilities, the LSE or z outputs: the staged rows; half logits
             // or a half gradient, nothing else: the plain kernels on widened units. Both on the
             // same per-unit outputs, their partials added in unit order.
-            logits => {
+            (route, logits) => {
+                let staged = route == Route::Staged;
                 let mut call = plan.staged_call(out);
                 let fast = call.fast_plan(&plan);
                 let partials: Vec<StagedPartial> = (0..plan.units())

@@ -37,7 +37,7 @@
 //!
 //! # Half logits and the extensions
 //!
-//! Each call takes one of three routes ([`Plan::is_staged`]):
+//! Each call takes one of three routes ([`Plan::route`], the one routing of every entry point):
 //!
 //! - **the fast kernels** above, for `f32` logits with or without a z-loss: the z-loss enters
 //!   every epilogue as one scalar `z′ = z·D/V` ([`Plan::with_denominators`]);
@@ -47,9 +47,14 @@
 //!   case widens the unit into a per-thread L2 buffer, runs the fast kernels on it and narrows
 //!   the gradient (`convert.rs`: AVX2 / F16C, or the `half` crate's conversions);
 //! - **staged rows** ([`Plan::staged_unit`]) for soft-capping, position weights, half
-//!   probability targets and the LSE / z outputs: each row widened and capped into a scratch
+//!   probability targets, the LSE / z outputs, and a half gradient with a z-loss: each row
+//!   widened and capped into a scratch
 //!   row, the long-row fused kernel on it, the epilogue in `f64` with `s_i` and `z·s_i·LSE²`,
 //!   the cap's chain factor, one narrowing store.
+//!
+//! A gradient narrowed to a half type first has each row's cancelling element (a confident
+//! row's target) restored from the row sum (`refine.rs`), so that it is exact to the half type's
+//! rounding down to its subnormals.
 //!
 //! Half logits and the `f32` logits of the same widened values take the same route, and the
 //! fast kernels on widened units give the bits of the `f32` problem, except the L1-widened
@@ -58,11 +63,12 @@
 use core::ops::Range;
 
 use loss_core::formula::{self, IndexCoefficients, RowStats, Scalars};
-use loss_core::{Layout, LossOptions, Problem, Reduction, TargetData};
+use loss_core::{DType, Layout, LossOptions, Outputs, Problem, Reduction, TargetData};
 use pulp::{Arch, Simd, WithSimd};
 
 pub mod convert;
 mod half;
+mod refine;
 mod simd;
 mod staged;
 mod units;
@@ -242,6 +248,18 @@ struct Smoothing {
 
 pub use loss_core::formula::GradScale;
 
+/// How a call is computed ([module docs](self#half-logits-and-the-extensions)): chosen once per
+/// call by [`Plan::route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The fast kernels on the `f32` logits, writing an `f32` gradient.
+    Plain,
+    /// The fast kernels on units widened to `f32` ([`Plan::widened_unit`]).
+    Widened,
+    /// The staged rows ([`Plan::staged_unit`]).
+    Staged,
+}
+
 /// Everything about a problem the kernels need, computed once per call (`W = Σ w`, the unit
 /// geometry, the instruction set). Holds no logits, so the same plan serves out-of-place and
 /// in-place calls.
@@ -364,15 +382,33 @@ impl<'a> Plan<'a> {
         (0..self.units()).fold(0.0, |acc, u| acc + self.valid_partial(u))
     }
 
-    /// Whether a problem takes the [staged path](self#half-logits-and-the-extensions): half probabilities, soft-capping,
-    /// position weights, or the per-position LSE or z part asked for. The other problems
-    /// (`f32` or half logits, with or without a z-loss) take the fast kernels.
-    pub fn is_staged(&self, wants_stats: bool) -> bool {
-        wants_stats
+    /// The route of a call ([module docs](self#half-logits-and-the-extensions)) with logits of
+    /// type `logits`, a gradient written in `grad` (if any), and the LSE or z outputs asked for
+    /// when `wants_stats`: the one routing every entry point (out of place, in place, threaded)
+    /// follows.
+    pub fn route(&self, logits: DType, grad: Option<DType>, wants_stats: bool) -> Route {
+        let half_grad = grad.is_some_and(DType::is_half);
+        let staged = wants_stats
             || self.target_data_is_half()
             || self.softcap.is_some()
             || self.position_weight.is_some()
             || !self.z_folds()
+            // A half gradient restores its cancelling element from the row sum, which holds the
+            // z-loss's coefficient: the staged rows know each row's LSE, the fast kernels do not.
+            || (half_grad && self.z_loss != 0.0);
+        if staged {
+            Route::Staged
+        } else if logits.is_half() || half_grad {
+            Route::Widened
+        } else {
+            Route::Plain
+        }
+    }
+
+    /// The route of a call asking for `out` ([`Plan::route`]).
+    pub fn route_of(&self, logits: DType, out: &Outputs<'_>) -> Route {
+        let grad = out.grad.as_ref().map(|g| g.grad.dtype());
+        self.route(logits, grad, out.wants_stats())
     }
 
     /// Whether the z-loss folds into one finite coefficient `z′ = z·D/V` for the fast kernels
@@ -508,11 +544,38 @@ impl<'a> Plan<'a> {
                 None => self.forward_unit(unit, stage, losses),
                 Some((scales, out)) => {
                     let partial = self.fused_unit_in_place(unit, stage, scales.ce, losses);
+                    if out.dtype().is_half() {
+                        self.restore_unit(unit, stage);
+                    }
                     convert::narrow(stage, out);
                     partial
                 }
             }
         })
+    }
+
+    /// Restores the cancelling element of each valid position of a unit's `f32` gradient `g`
+    /// (the unit's span) before it is narrowed to a half type (`refine.rs`). Plain problems
+    /// only: no z-loss (the route sends those to the staged rows), so each row sums to 0.
+    fn restore_unit(&self, unit: usize, g: &mut [f32]) {
+        let Layout { classes, inner, .. } = self.layout;
+        let unit_start = self.unit_logits(unit).start;
+        for (k, p) in self.unit_positions(unit).enumerate() {
+            let at = Strided::column((k / inner) * classes * inner + k % inner, inner, classes);
+            let class = match self.target {
+                Tgt::Indices(y) => formula::valid_class(y[p], self.ignore_index),
+                Tgt::Probs(t) => {
+                    let sm = self.scalars.smoothing;
+                    refine::dominant_class(classes, |c| {
+                        let tc = f64::from(t[unit_start + at.base + c * inner]);
+                        f64::from(self.class_weight(c)) * sm.target(tc)
+                    })
+                }
+            };
+            if let Some(c) = class {
+                refine::restore_cancelled(g, at, c, 0.0);
+            }
+        }
     }
 
     /// `D` of the mean: the unit partials added in unit order.

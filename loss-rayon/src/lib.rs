@@ -27,8 +27,8 @@
 
 pub mod split;
 
-use loss_core::{DType, Elems, LossBackend, LossError, Outputs, Problem, Reduction, Result};
-use loss_cpu::kernel::{Plan, StagedPartial};
+use loss_core::{LossBackend, LossError, Outputs, Problem, Reduction, Result};
+use loss_cpu::kernel::{Plan, Route, StagedPartial};
 use rayon::prelude::*;
 
 pub use loss_cpu::kernel::LseState;
@@ -316,13 +316,9 @@ impl LossBackend for RayonBackend {
     fn compute(&self, problem: &Problem<'_>, mut out: Outputs<'_>) -> Result<()> {
         let wants_grad = out.grad.is_some();
         let plan = Plan::new(problem);
-        let staged = plan.is_staged(out.wants_stats());
-        let f32_io = matches!(problem.logits(), Elems::F32(_))
-            && out
-                .grad
-                .as_ref()
-                .is_none_or(|g| g.grad.dtype() == DType::F32);
-        let plain = f32_io && !staged;
+        let route = plan.route_of(problem.logits().dtype(), &out);
+        let plain = route == Route::Plain;
+        let staged = route == Route::Staged;
         if !plain || self.as_cpu(problem, wants_grad) {
             if plain || !self.parallel(problem, wants_grad) {
                 return loss_cpu::CpuBackend::new().compute(problem, out);

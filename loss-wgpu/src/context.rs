@@ -219,6 +219,9 @@ pub(crate) enum RowEntry {
     Serial,
     /// `narrow_main`: a tile of narrow rows per workgroup.
     Narrow,
+    /// `restore_main`: the cancelling element of each position of a gradient about to be packed
+    /// to a half type, a workgroup per position.
+    Restore,
 }
 
 impl RowEntry {
@@ -227,6 +230,7 @@ impl RowEntry {
             RowEntry::Main => "row_main",
             RowEntry::Serial => "row_serial",
             RowEntry::Narrow => "narrow_main",
+            RowEntry::Restore => "restore_main",
         }
     }
 }
@@ -363,7 +367,9 @@ const COMMON: &str = concat!(
 fn row_source(entry: RowEntry, ext: u32) -> String {
     let access = match entry {
         RowEntry::Narrow => include_str!("shaders/narrow.wgsl"),
-        RowEntry::Main | RowEntry::Serial => include_str!("shaders/row_access.wgsl"),
+        RowEntry::Main | RowEntry::Serial | RowEntry::Restore => {
+            include_str!("shaders/row_access.wgsl")
+        }
     };
     format!(
         "const EXT: u32 = {ext}u;\n{}{access}{}{COMMON}",

@@ -928,6 +928,18 @@ impl Workspace {
                 }
             }
             if pack {
+                // The cancelling element of each position restored from its row sum (exact to
+                // the half type's rounding), then each chunk packed.
+                pass.set_pipeline(&ctx.row_pipeline(RowEntry::Restore, flag_bits));
+                for (i, span) in loaded.spans.iter().enumerate() {
+                    let (x, y) = grid(span.positions as u32, ctx.max_grid)?;
+                    pass.set_bind_group(
+                        0,
+                        &self.row_groups[i],
+                        &[(i as u64 * PARAM_STRIDE) as u32],
+                    );
+                    pass.dispatch_workgroups(x, y, 1);
+                }
                 // Each chunk's element count, at its parameter stride.
                 let mut bytes = vec![0u8; PARAM_STRIDE as usize * loaded.spans.len()];
                 for (i, span) in loaded.spans.iter().enumerate() {

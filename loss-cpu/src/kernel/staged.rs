@@ -24,7 +24,7 @@ use super::simd::{
     Extras, MAX_CHUNKS, NoTerm, ProbTerm, SmoothTerm, fused_row_first, fused_row_second, lanes_of,
     load,
 };
-use super::{CHUNK, GradScale, Plan, Strided, Tgt};
+use super::{CHUNK, GradScale, Plan, Strided, Tgt, refine};
 
 /// The upstream scales of a staged gradient before the position weights: the cross-entropy
 /// part's (`g_i`, `g` or `g/D`) and the z-loss part's (`g_i`, `g` or `g/V`).
@@ -388,6 +388,20 @@ impl WithSimd for StagedOp<'_, '_, '_, '_, '_> {
                         if probs.is_some() { e1 } else { 0.0 },
                         zc,
                     ),
+                }
+                if grad.dtype().is_half() {
+                    // Exact to the half type's rounding (`refine.rs`); before the cap's factor,
+                    // which the row sum does not hold.
+                    let class = match y {
+                        Some(y) => Some(y),
+                        None => refine::dominant_class(classes, |c| {
+                            let w = f64::from(plan.class_weight(c));
+                            w * plan.scalars.smoothing.target(f64::from(t[c]))
+                        }),
+                    };
+                    if let Some(k) = class {
+                        refine::restore_cancelled(e, Strided::row(classes), k, zc);
+                    }
                 }
                 if let Some(a) = cap {
                     softcap_slope_row(simd, e, x, a);

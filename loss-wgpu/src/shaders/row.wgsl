@@ -230,3 +230,102 @@ fn one_position(position: u32) {
         write_grad(position, base, y, m, ls, sums.y, 0u, 1u);
     }
 }
+
+fn is_finite_f32(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// The soft-cap's chain factor `1 − (x̃/a)²` at the capped logit `x` (1 without a cap).
+fn cap_slope(x: f32) -> f32 {
+    if (X_SOFTCAP) {
+        let t = x * params.inv_softcap;
+        return (1.0 - t) * (1.0 + t);
+    }
+    return 1.0;
+}
+
+// The smallest class of the position whose weighted probability target `w·t'` is at least half of
+// the row's `Σ w·t'` (loss-cpu's `refine::dominant_class`), as the workgroup finds it.
+var<workgroup> wg_dominant: atomic<u32>;
+
+// The class of a probability target whose `w·t'` is at least half of the position's `Σ w·t'`,
+// or IGNORED; every invocation of the workgroup calls it (uniform control flow), and the answer
+// is for invocation 0 to use.
+fn dominant_class(base: u32, lid: u32) -> u32 {
+    if (lid == 0u) {
+        atomicStore(&wg_dominant, IGNORED);
+    }
+    var own = 0.0;
+    for (var c = lid; c < params.classes; c += WG) {
+        own = own + weights[c] * smoothed(target_prob(base + c * params.inner));
+    }
+    let total = reduce_sums(vec2<f32>(own, 0.0), lid, 1u).x;
+    for (var c = lid; c < params.classes; c += WG) {
+        let v = weights[c] * smoothed(target_prob(base + c * params.inner));
+        if (v > 0.0 && 2.0 * v >= total) {
+            atomicMin(&wg_dominant, c);
+        }
+    }
+    workgroupBarrier();
+    return atomicLoad(&wg_dominant);
+}
+
+// Gradient element `i` before the soft-cap's chain factor (the element itself without a cap;
+// ±∞ or NaN where a saturated cap's factor is 0, which hides that class's part).
+fn uncapped_grad(i: u32) -> f32 {
+    if (X_SOFTCAP) {
+        return grad[i] / cap_slope(logit(i));
+    }
+    return grad[i];
+}
+
+// `restore_main`: one workgroup per position, after a gradient kernel and before the packing to
+// a half type. A valid position's gradient sums to its z part's coefficient `zc` over its classes
+// (loss-core's `formula::gradient_sum`), so the one element whose terms cancel — a confident
+// row's target, `a·p_y − fix` with `p_y → 1`, a few f32 ulps of the scale off when computed
+// directly, which is several of f16's subnormal steps — is set to `zc − Σ_{c≠k} g[c]` (the cap's
+// chain factor divided out of the others and put back on it). `Σ_{c≠k}` is the sum of the whole
+// row minus element `k` itself, which cancels exactly; each invocation adds `C/WG` elements and
+// a fixed tree adds the invocations', an error of about `C/WG + log2(WG)` ulps of the element
+// restored. Rows whose gradient is not finite (and capped rows with a saturated class) are left
+// as the kernel wrote them.
+@compute @workgroup_size(WG)
+fn restore_main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // The spare tail of a 2-D grid returns as a whole workgroup (uniform control flow below).
+    let position = wid.y * nwg.x + wid.x;
+    if (position >= params.positions) {
+        return;
+    }
+    let base = row_base(position);
+    var k = target_class(position);
+    if (has_flag(FLAG_PROBS)) {
+        k = dominant_class(base, lid);
+    }
+    var zc = 0.0;
+    if (X_ZLOSS) {
+        let st = reduce_stats(row_stats(base, lid, WG), lid, 1u);
+        let per_position = has_flag(FLAG_PER_POSITION);
+        var g_up = params.scale;
+        if (per_position) {
+            g_up = grad_output[position];
+        }
+        zc = grad_factors(position, g_up, per_position, st.m + log_sum(st)).y;
+    }
+    var own = 0.0;
+    for (var c = lid; c < params.classes; c += WG) {
+        own = own + uncapped_grad(base + c * params.inner);
+    }
+    let total = reduce_sums(vec2<f32>(own, 0.0), lid, 1u).x;
+    if (lid != 0u || k == IGNORED) {
+        return;
+    }
+    let i = base + k * params.inner;
+    let v = (zc - (total - uncapped_grad(i))) * cap_slope(logit(i));
+    if (is_finite_f32(v) && is_finite_f32(grad[i])) {
+        grad[i] = v;
+    }
+}
