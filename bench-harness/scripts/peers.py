@@ -5,6 +5,9 @@ Called by `loss-bench run` (never by hand, though it can be):
   peers.py --probe                      -> {"pytorch": "2.x" | null, "jax": "0.x" | null}
   peers.py --manifest M.json --threads T -> one JSON object per line per (peer, cell, op)
 
+The harness starts this script pinned to exactly as many CPUs as `--threads` (its affinity), and
+every timing carries the process's CPU time over wall time (`cpu_per_wall`).
+
 Each cell directory holds logits.bin (float32, N*C), targets.bin (int64, N) and, when weighted,
 weight.bin (float32, C). Results carry the loss and the gradient's sum of squares so that the
 harness can cross-check them against its reference before it reports the timing.
@@ -38,19 +41,26 @@ def time_calls(fn, budget):
     one = max(time.perf_counter() - t, 1e-9)
     per = max(1, min(100000, int(20e-6 / one) + 1))
     samples = []
+    # The process's CPU time (every thread) over the wall time of the samples: how many CPUs the
+    # library kept busy, whatever thread count it was asked for.
+    cpu, wall = 0.0, 0.0
     start = time.perf_counter()
     while len(samples) < budget["min_samples"] or (
         len(samples) < budget["max_samples"] and time.perf_counter() - start < budget["target_s"]
     ):
+        c = time.process_time()
         t = time.perf_counter()
         for _ in range(per):
             fn()
-        samples.append((time.perf_counter() - t) * 1e9 / per)
+        dt = time.perf_counter() - t
+        cpu += time.process_time() - c
+        wall += dt
+        samples.append(dt * 1e9 / per)
     samples.sort()
     pick = lambda q: samples[int(round((len(samples) - 1) * q))]
     med = pick(0.5)
     return {"median_ns": med, "min_ns": samples[0], "spread": (pick(0.9) - pick(0.1)) / med,
-            "reps": len(samples) * per}
+            "reps": len(samples) * per, "cpu_per_wall": cpu / wall if wall > 0 else None}
 
 
 def load(cell):

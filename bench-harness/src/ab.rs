@@ -16,14 +16,23 @@
 //! pairs are split between the blocks.
 //!
 //! The statistic is the ratio of paired samples, `against / current` time (above 1: the current
-//! build is faster), summarised by its median over pairs with a 95 % interval from a two-level
-//! bootstrap (blocks, then pairs within them; 2000 resamples, a fixed seed per configuration, so
-//! the same samples give the same interval). The
-//! verdict is `faster` / `slower` only when the whole interval lies beyond `min_effect` (3 % by
-//! default: above what two processes of one build differ by, bench-harness/NOTES.md), `same`
-//! otherwise.
-//! `--fail-above X` fails only a configuration whose whole interval says it is more than `X`
-//! slower.
+//! build is faster). Each block is summarised by the median of its pairs' log-ratios, and the
+//! configuration by the mean of its blocks' medians with a 95 % Student-t interval over the
+//! blocks: the blocks are the independent units (placements), so the interval is as wide as
+//! placements differ, and with few blocks the t quantile widens it honestly (a bootstrap over
+//! two to four blocks gave intervals far too narrow: degenerate with two). Every configuration
+//! gets [`AbBudget::blocks`] blocks, whatever its size.
+//!
+//! **One verdict per run, not per configuration.** A run judges ~50 configurations; at 95 % each,
+//! one of them would look different on an identical build in most runs. So a configuration whose
+//! first interval (the *screen*) lies wholly beyond `min_effect` is measured again in as many
+//! fresh blocks (the *confirmation*, new processes, new placements), and its verdict is
+//! `faster` / `slower` only when the confirmation's own interval agrees in direction and also lies
+//! beyond `min_effect`. Both intervals are independent, so a false verdict needs two misses in a
+//! row (about 0.025² per configuration and direction); a real difference passes both. The
+//! reported ratio and interval are those of all its blocks together. `--fail-above X` fails a
+//! configuration only when it is confirmed `slower` and both intervals say it is more than `X`
+//! slower. (Measured false-alarm rate and power: bench-harness/NOTES.md, "ab round 2".)
 //!
 //! `--against-backend NAME [--against-threads N]` compares two backends instead of two builds
 //! (`--against` defaults to this binary then): every configuration's other side runs `NAME` at
@@ -45,51 +54,47 @@ use crate::timing;
 use crate::worker::{self, Client, Config};
 
 /// The schema tag of `ab` result files.
-pub const AB_SCHEMA: &str = "loss-bench-ab/1";
+pub const AB_SCHEMA: &str = "loss-bench-ab/2";
 
 /// How an `ab` run samples.
 #[derive(Debug, Clone, Copy)]
 pub struct AbBudget {
-    /// At least this many pairs per configuration.
+    /// Pairs per block at least.
     pub min_pairs: usize,
-    /// At most this many.
+    /// Pairs per block at most.
     pub max_pairs: usize,
-    /// Stop once both sides together have been timed this long (after `min_pairs`).
-    pub target: Duration,
+    /// A block stops once both sides together have been timed this long (after `min_pairs`).
+    pub block_time: Duration,
     /// Each sample lasts at least this long.
     pub sample: Duration,
-    /// The configuration is prepared this many times, each at a new random placement of its
-    /// buffers and stack, and the pairs are split evenly between them (cells of at most
-    /// [`SMALL_CELL_BYTES`], whose speed depends on placement the most).
+    /// Blocks per stage (the screen, and the confirmation when there is one): each a new pair of
+    /// worker processes with its buffers and stack at a new random placement. At least
+    /// [`MIN_BLOCKS`].
     pub blocks: usize,
-    /// Placements of a larger cell (its buffers are whole pages apart anyway; rebuilding a large
-    /// cell costs time).
-    pub large_blocks: usize,
 }
 
-/// Cells of at most this many bytes of logits get [`AbBudget::blocks`] placements.
-pub const SMALL_CELL_BYTES: usize = 16 << 20;
+/// The fewest blocks a verdict is made from: the Student-t interval over fewer is too wide to
+/// say anything (`t₀.₉₇₅` is 12.7 with two blocks, 3.2 with four, 2.6 with six).
+pub const MIN_BLOCKS: usize = 6;
 
 impl AbBudget {
     /// The budget of a normal or a `--quick` run.
     pub fn for_run(quick: bool) -> Self {
         if quick {
             AbBudget {
-                min_pairs: 10,
-                max_pairs: 100,
-                target: Duration::from_millis(300),
+                min_pairs: 3,
+                max_pairs: 16,
+                block_time: Duration::from_millis(50),
                 sample: Duration::from_millis(1),
-                blocks: 4,
-                large_blocks: 2,
+                blocks: MIN_BLOCKS,
             }
         } else {
             AbBudget {
-                min_pairs: 20,
-                max_pairs: 300,
-                target: Duration::from_millis(1500),
+                min_pairs: 4,
+                max_pairs: 40,
+                block_time: Duration::from_millis(190),
                 sample: Duration::from_millis(2),
                 blocks: 8,
-                large_blocks: 2,
             }
         }
     }
@@ -144,80 +149,66 @@ pub type Block = (Vec<f64>, Vec<f64>);
 /// A paired comparison: speed ratio current / against with its interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Paired {
-    /// Median over pairs of `against_ns / current_ns`.
+    /// `exp` of the mean over blocks of each block's median log-ratio `ln(against / current)`.
     pub ratio: f64,
-    /// 2.5 % bootstrap quantile of that median.
+    /// Lower end of the 95 % Student-t interval over the blocks (NaN with fewer than two).
     pub low: f64,
-    /// 97.5 % bootstrap quantile.
+    /// Upper end.
     pub high: f64,
     /// Pairs.
     pub pairs: usize,
+    /// Blocks.
+    #[serde(default)]
+    pub blocks: usize,
+}
+
+/// The 0.975 quantile of Student's t with `df` degrees of freedom (the two-sided 95 % interval).
+pub fn t975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[df - 1],
+        // The normal quantile plus the first term of the Cornish–Fisher expansion.
+        _ => 1.960 + (1.960f64.powi(3) + 1.960) / (4.0 * df as f64),
+    }
 }
 
 impl Paired {
-    /// Compares paired samples (ns per call, same length, non-empty); `seed` fixes the
-    /// bootstrap.
-    pub fn of(current: &[f64], against: &[f64], seed: u64) -> Paired {
-        let logs: Vec<f64> = current
+    /// Compares blocks of paired samples (ns per call; in each block both sides have the same,
+    /// non-zero, number of samples): each block's median log-ratio, their mean, and a Student-t
+    /// interval over the blocks, so that a difference between placements widens the interval
+    /// instead of passing for a difference between builds.
+    pub fn of_blocks(blocks: &[Block]) -> Paired {
+        let medians: Vec<f64> = blocks
             .iter()
-            .zip(against)
-            .map(|(c, a)| (a / c).ln())
-            .collect();
-        let n = logs.len();
-        let mut rng = crate::workload::Rng::new(seed);
-        let mut medians: Vec<f64> = (0..2000)
-            .map(|_| {
-                let resample: Vec<f64> = (0..n)
-                    .map(|_| logs[(rng.next_u64() % n as u64) as usize])
-                    .collect();
-                timing::median(&resample)
+            .map(|(c, a)| {
+                let logs: Vec<f64> = c.iter().zip(a).map(|(c, a)| (a / c).ln()).collect();
+                timing::median(&logs)
             })
             .collect();
-        medians.sort_by(f64::total_cmp);
+        let n = medians.len();
+        let mean = medians.iter().sum::<f64>() / n as f64;
+        let half = if n < 2 {
+            f64::NAN
+        } else {
+            let var = medians.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            t975(n - 1) * (var / n as f64).sqrt()
+        };
         Paired {
-            ratio: timing::median(&logs).exp(),
-            low: timing::percentile(&medians, 0.025).exp(),
-            high: timing::percentile(&medians, 0.975).exp(),
-            pairs: n,
+            ratio: mean.exp(),
+            low: (mean - half).exp(),
+            high: (mean + half).exp(),
+            pairs: blocks.iter().map(|(c, _)| c.len()).sum(),
+            blocks: n,
         }
     }
 
-    /// Compares blocks of paired samples (each block one placement of the buffers): the median
-    /// over every pair, with an interval from a two-level bootstrap (blocks drawn with
-    /// replacement, then pairs within each drawn block), so that a difference between
-    /// placements widens the interval instead of passing for a difference between builds.
-    pub fn of_blocks(blocks: &[Block], seed: u64) -> Paired {
-        if blocks.len() == 1 {
-            return Paired::of(&blocks[0].0, &blocks[0].1, seed);
-        }
-        let logs: Vec<Vec<f64>> = blocks
-            .iter()
-            .map(|(c, a)| c.iter().zip(a).map(|(c, a)| (a / c).ln()).collect())
-            .collect();
-        let all: Vec<f64> = logs.iter().flatten().copied().collect();
-        let mut rng = crate::workload::Rng::new(seed);
-        let mut medians: Vec<f64> = (0..2000)
-            .map(|_| {
-                let mut resample = Vec::with_capacity(all.len());
-                for _ in 0..logs.len() {
-                    let block = &logs[rng.below(logs.len())];
-                    for _ in 0..block.len() {
-                        resample.push(block[rng.below(block.len())]);
-                    }
-                }
-                timing::median(&resample)
-            })
-            .collect();
-        medians.sort_by(f64::total_cmp);
-        Paired {
-            ratio: timing::median(&all).exp(),
-            low: timing::percentile(&medians, 0.025).exp(),
-            high: timing::percentile(&medians, 0.975).exp(),
-            pairs: all.len(),
-        }
-    }
-
-    /// `faster`, `slower` or `same`, beyond `min_effect` (a fraction).
+    /// `faster`, `slower` or `same`, beyond `min_effect` (a fraction); `same` without an
+    /// interval.
     pub fn verdict(&self, min_effect: f64) -> Verdict {
         if self.low > 1.0 + min_effect {
             Verdict::Faster
@@ -228,11 +219,32 @@ impl Paired {
         }
     }
 
-    /// The slowdown (current time / against time − 1) the whole interval exceeds; ≤ 0 when it
-    /// is not slower with confidence.
+    /// The slowdown (current time / against time − 1) the whole interval exceeds; ≤ 0 (or NaN)
+    /// when it is not slower with confidence.
     pub fn confident_slowdown(&self) -> f64 {
         1.0 / self.high - 1.0
     }
+}
+
+/// The verdict of a screen and, when it saw a difference, its confirmation in fresh blocks:
+/// `faster` / `slower` only when both agree; and whether it fails `--fail-above` (both
+/// intervals beyond it).
+pub fn judge(
+    screen: &Paired,
+    confirm: Option<&Paired>,
+    min_effect: f64,
+    fail_above: Option<f64>,
+) -> (Verdict, bool) {
+    let first = screen.verdict(min_effect);
+    let verdict = match confirm {
+        Some(c) if first != Verdict::Same && c.verdict(min_effect) == first => first,
+        _ => Verdict::Same,
+    };
+    let fails = verdict == Verdict::Slower
+        && fail_above.is_some_and(|x| {
+            screen.confident_slowdown() > x && confirm.is_some_and(|c| c.confident_slowdown() > x)
+        });
+    (verdict, fails)
 }
 
 /// One compared configuration.
@@ -254,9 +266,15 @@ pub struct AbResult {
     pub current_ns: f64,
     /// Median ns per call of the other build.
     pub against_ns: f64,
-    /// The paired comparison (absent when a side disagrees).
+    /// The paired comparison over every block (absent when a side disagrees).
     pub paired: Option<Paired>,
-    /// The verdict.
+    /// The screen's blocks alone.
+    #[serde(default)]
+    pub screen: Option<Paired>,
+    /// The confirmation's blocks alone (run only when the screen saw a difference).
+    #[serde(default)]
+    pub confirm: Option<Paired>,
+    /// The verdict: `faster` / `slower` only when the screen and its confirmation agree.
     pub verdict: Verdict,
     /// Whether it fails `--fail-above`.
     pub fails: bool,
@@ -403,13 +421,70 @@ fn prepare_both(
     Ok([a, b])
 }
 
-fn seed_of(config: &Config) -> u64 {
-    let text = serde_json::to_string(config).unwrap_or_default();
-    crate::cells::digest(
-        Op::Forward,
-        &text.bytes().map(f32::from).collect::<Vec<_>>(),
-        &[],
-    )
+/// What one stage of blocks needs: the two binaries, how to build the other side's
+/// configuration, the budget, and the first block's digests that every later block must keep.
+struct Stage<'a> {
+    opts: &'a AbOptions,
+    other_side: &'a dyn Fn(&Config) -> Config,
+    budget: AbBudget,
+    placements: bool,
+    calls: usize,
+    digests: [u64; 2],
+}
+
+impl Stage<'_> {
+    /// Times `blocks` blocks of `config`; the first runs on `workers` as they were prepared
+    /// when `prepared` holds, every other block in a new pair of worker processes at a new
+    /// placement (what is fixed for a process — where its code, stack and heap land — moves a
+    /// small kernel by several percent), whose outputs must keep the first block's bits.
+    fn blocks(
+        &self,
+        workers: &mut [Client; 2],
+        config: &Config,
+        blocks: usize,
+        mut prepared: bool,
+    ) -> Result<Vec<Block>, Error> {
+        let mut sampled = Vec::with_capacity(blocks);
+        for _ in 0..blocks {
+            if !prepared {
+                *workers = [
+                    Client::spawn(&self.opts.current)?.0,
+                    Client::spawn(&self.opts.against)?.0,
+                ];
+                let again = Config {
+                    reference: false,
+                    fresh: self.placements,
+                    ..config.clone()
+                };
+                let [a, b] = prepare_both(workers, [&again, &(self.other_side)(&again)])?;
+                if [a.digest, b.digest] != self.digests {
+                    return Err(Error::Worker(
+                        "a new placement changed the output bits".into(),
+                    ));
+                }
+            }
+            prepared = false;
+            // Warm-up: one sample each, not kept.
+            workers[0].sample(self.calls)?;
+            workers[1].sample(self.calls)?;
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let start = Instant::now();
+            let budget = self.budget;
+            while a.len() < budget.min_pairs
+                || (a.len() < budget.max_pairs && start.elapsed() < budget.block_time)
+            {
+                if a.len() % 2 == 0 {
+                    a.push(workers[0].sample(self.calls)?);
+                    b.push(workers[1].sample(self.calls)?);
+                } else {
+                    b.push(workers[1].sample(self.calls)?);
+                    a.push(workers[0].sample(self.calls)?);
+                }
+            }
+            sampled.push((a, b));
+        }
+        Ok(sampled)
+    }
 }
 
 /// Runs the comparison.
@@ -476,11 +551,6 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
         if caveats.contains(&config.backend) {
             continue;
         }
-        let blocks = if config.cell.bytes() <= SMALL_CELL_BYTES {
-            budget.blocks
-        } else {
-            budget.large_blocks
-        };
         let first = Config {
             fresh: placements,
             ..config.clone()
@@ -515,6 +585,8 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
             current_ns: f64::NAN,
             against_ns: f64::NAN,
             paired: None,
+            screen: None,
+            confirm: None,
             verdict: Verdict::Disagrees,
             fails: false,
             current_agrees: ra.agrees,
@@ -540,77 +612,46 @@ pub fn ab(opts: &AbOptions) -> Result<AbReport, Error> {
         let calls = ((budget.sample.as_secs_f64() / slowest.as_secs_f64().max(1e-9)).ceil()
             as usize)
             .clamp(1, 1_000_000);
-        let digests = [ra.digest, rb.digest];
-        let sampled = (|| -> Result<Vec<Block>, Error> {
-            let mut sampled = Vec::new();
-            for block in 0..blocks {
-                if block > 0 {
-                    // A new placement of the same configuration, in a new pair of processes
-                    // (what is fixed for a process — where its code, stack and heap land —
-                    // moves a small kernel by several percent); the outputs were checked
-                    // against the reference in block 0 and must keep their bits.
-                    workers = [
-                        Client::spawn(&opts.current)?.0,
-                        Client::spawn(&opts.against)?.0,
-                    ];
-                    let again = Config {
-                        reference: false,
-                        fresh: placements,
-                        ..config.clone()
-                    };
-                    let [a, b] = prepare_both(&mut workers, [&again, &other_side(&again)])?;
-                    if [a.digest, b.digest] != digests {
-                        return Err(Error::Worker(
-                            "a new placement changed the output bits".into(),
-                        ));
-                    }
-                }
-                // Warm-up: one sample each, not kept.
-                workers[0].sample(calls)?;
-                workers[1].sample(calls)?;
-                let (mut a, mut b) = (Vec::new(), Vec::new());
-                let start = Instant::now();
-                let (min, max) = (
-                    budget.min_pairs.div_ceil(blocks),
-                    budget.max_pairs.div_ceil(blocks),
-                );
-                while a.len() < min
-                    || (a.len() < max && start.elapsed() < budget.target / blocks as u32)
-                {
-                    if a.len() % 2 == 0 {
-                        a.push(workers[0].sample(calls)?);
-                        b.push(workers[1].sample(calls)?);
-                    } else {
-                        b.push(workers[1].sample(calls)?);
-                        a.push(workers[0].sample(calls)?);
-                    }
-                }
-                sampled.push((a, b));
-            }
-            Ok(sampled)
-        })();
-        let sampled = match sampled {
+        let stage = Stage {
+            opts,
+            other_side: &other_side,
+            budget,
+            placements,
+            calls,
+            digests: [ra.digest, rb.digest],
+        };
+        // The screen (its first block on the workers just prepared), then, when it sees a
+        // difference, the confirmation in fresh blocks.
+        let sampled = stage
+            .blocks(&mut workers, config, budget.blocks, true)
+            .and_then(|screen| {
+                let first = Paired::of_blocks(&screen).verdict(opts.min_effect);
+                let confirm = if first == Verdict::Same {
+                    Vec::new()
+                } else {
+                    stage.blocks(&mut workers, config, budget.blocks, false)?
+                };
+                Ok((screen, confirm))
+            });
+        let (screen, confirm) = match sampled {
             Ok(x) => x,
             Err(e) => {
                 skipped.push(skip(e.to_string()));
                 continue;
             }
         };
-        let a: Vec<f64> = sampled
-            .iter()
-            .flat_map(|(a, _)| a.iter().copied())
-            .collect();
-        let b: Vec<f64> = sampled
-            .iter()
-            .flat_map(|(_, b)| b.iter().copied())
-            .collect();
-        let paired = Paired::of_blocks(&sampled, seed_of(config));
+        let all: Vec<Block> = screen.iter().chain(&confirm).cloned().collect();
+        let a: Vec<f64> = all.iter().flat_map(|(a, _)| a.iter().copied()).collect();
+        let b: Vec<f64> = all.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+        let paired = Paired::of_blocks(&all);
+        let screen = Paired::of_blocks(&screen);
+        let confirm = (!confirm.is_empty()).then(|| Paired::of_blocks(&confirm));
+        (result.verdict, result.fails) =
+            judge(&screen, confirm.as_ref(), opts.min_effect, opts.fail_above);
         result.current_ns = timing::median(&a);
         result.against_ns = timing::median(&b);
-        result.verdict = paired.verdict(opts.min_effect);
-        result.fails = opts
-            .fail_above
-            .is_some_and(|x| paired.confident_slowdown() > x);
+        result.screen = Some(screen);
+        result.confirm = confirm;
         result.paired = Some(paired);
         results.push(result);
     }
@@ -644,7 +685,7 @@ const HEADERS: [&str; 9] = [
     "against",
     "ratio",
     "95% interval",
-    "pairs",
+    "blocks/pairs",
     "verdict",
     "fails",
     "max rel err (cur/against)",
@@ -655,7 +696,7 @@ fn row(r: &AbResult) -> [String; 9] {
         Some(p) => (
             format!("{:.3}", p.ratio),
             format!("[{:.3}, {:.3}]", p.low, p.high),
-            p.pairs.to_string(),
+            format!("{}/{}", p.blocks, p.pairs),
         ),
         None => ("-".into(), "-".into(), "0".into()),
     };
@@ -758,60 +799,90 @@ pub fn render(report: &AbReport, format: crate::format::Format) -> String {
 mod tests {
     use super::*;
 
-    fn noisy(base: f64, n: usize, seed: u64) -> Vec<f64> {
+    /// `blocks` blocks of `pairs` paired samples: both sides drift together (the machine), each
+    /// block has its own placement offset on the current side (`placement`, relative) and every
+    /// sample its own noise of ±10 %; the current side is `slowdown` slower.
+    fn blocks(n: usize, pairs: usize, slowdown: f64, placement: f64, seed: u64) -> Vec<Block> {
         let mut rng = crate::workload::Rng::new(seed);
+        let mut u = move || f64::from(rng.unit()) - 0.5;
         (0..n)
-            .map(|_| base * (1.0 + 0.2 * (f64::from(rng.unit()) - 0.5)))
+            .map(|k| {
+                let offset = 1.0 + placement * u();
+                (0..pairs)
+                    .map(|i| {
+                        let drift = 1.0 + 0.3 * ((k * pairs + i) as f64 / 7.0).sin();
+                        let against = 100.0 * drift * (1.0 + 0.2 * u());
+                        let current = 100.0 * (1.0 + slowdown) * offset * drift * (1.0 + 0.2 * u());
+                        (current, against)
+                    })
+                    .unzip()
+            })
             .collect()
     }
 
     #[test]
-    fn identical_builds_are_the_same() {
-        // Both sides drift together (the machine) plus independent noise of ±10 %.
-        let drift: Vec<f64> = (0..40)
-            .map(|i| 1.0 + 0.3 * (i as f64 / 7.0).sin())
-            .collect();
-        let a: Vec<f64> = noisy(100.0, 40, 1)
-            .iter()
-            .zip(&drift)
-            .map(|(x, d)| x * d)
-            .collect();
-        let b: Vec<f64> = noisy(100.0, 40, 2)
-            .iter()
-            .zip(&drift)
-            .map(|(x, d)| x * d)
-            .collect();
-        let p = Paired::of(&a, &b, 9);
-        assert!(p.low < 1.0 && p.high > 1.0, "{p:?}");
-        assert_eq!(p.verdict(0.01), Verdict::Same);
-        assert!(p.confident_slowdown() < 0.05);
-        // Deterministic for a fixed seed.
-        assert_eq!(p, Paired::of(&a, &b, 9));
+    fn the_t_quantile_matches_its_table_and_tends_to_the_normal() {
+        assert_eq!(t975(5), 2.571);
+        assert!(t975(0).is_infinite());
+        assert!((t975(1000) - 1.962).abs() < 0.002);
+        assert!(t975(31) < t975(30) && t975(31) > 1.96);
     }
 
     #[test]
-    fn a_fifteen_percent_slowdown_is_slower_and_fails_five_percent() {
-        let drift: Vec<f64> = (0..40)
-            .map(|i| 1.0 + 0.3 * (i as f64 / 5.0).cos())
-            .collect();
-        let against: Vec<f64> = noisy(100.0, 40, 3)
-            .iter()
-            .zip(&drift)
-            .map(|(x, d)| x * d)
-            .collect();
-        let current: Vec<f64> = noisy(115.0, 40, 4)
-            .iter()
-            .zip(&drift)
-            .map(|(x, d)| x * d)
-            .collect();
-        let p = Paired::of(&current, &against, 1);
-        assert!((p.ratio - 1.0 / 1.15).abs() < 0.05, "{p:?}");
-        assert_eq!(p.verdict(0.01), Verdict::Slower);
-        assert!(p.confident_slowdown() > 0.05);
-        // And the other way round it is faster.
+    fn identical_builds_are_the_same_even_when_placements_differ() {
+        // Placements that move the current side by up to ±4 % per block: a wide interval, not a
+        // verdict.
+        let b = blocks(6, 8, 0.0, 0.08, 3);
+        let p = Paired::of_blocks(&b);
+        assert_eq!(p.blocks, 6);
+        assert_eq!(p.pairs, 48);
+        assert!(p.low < 1.0 && p.high > 1.0, "{p:?}");
+        assert_eq!(judge(&p, None, 0.03, Some(0.05)), (Verdict::Same, false));
+        // Deterministic.
+        assert_eq!(p, Paired::of_blocks(&b));
+    }
+
+    #[test]
+    fn a_fifteen_percent_slowdown_is_confirmed_slower_and_fails_five_percent() {
+        let screen = Paired::of_blocks(&blocks(6, 8, 0.15, 0.02, 4));
+        let confirm = Paired::of_blocks(&blocks(6, 8, 0.15, 0.02, 5));
+        assert!((screen.ratio - 1.0 / 1.15).abs() < 0.03, "{screen:?}");
+        assert_eq!(screen.verdict(0.03), Verdict::Slower);
         assert_eq!(
-            Paired::of(&against, &current, 1).verdict(0.01),
-            Verdict::Faster
+            judge(&screen, Some(&confirm), 0.03, Some(0.05)),
+            (Verdict::Slower, true)
         );
+        // The other way round it is faster (and fails nothing).
+        let (s2, c2) = (
+            Paired::of_blocks(&blocks(6, 8, -0.13, 0.02, 6)),
+            Paired::of_blocks(&blocks(6, 8, -0.13, 0.02, 7)),
+        );
+        assert_eq!(
+            judge(&s2, Some(&c2), 0.03, Some(0.05)),
+            (Verdict::Faster, false)
+        );
+    }
+
+    #[test]
+    fn a_screen_the_confirmation_does_not_repeat_is_the_same() {
+        let screen = Paired::of_blocks(&blocks(6, 8, 0.15, 0.02, 8));
+        let confirm = Paired::of_blocks(&blocks(6, 8, 0.0, 0.02, 9));
+        assert_eq!(screen.verdict(0.03), Verdict::Slower);
+        assert_eq!(
+            judge(&screen, Some(&confirm), 0.03, Some(0.05)),
+            (Verdict::Same, false)
+        );
+        // Without a confirmation there is no verdict either.
+        assert_eq!(
+            judge(&screen, None, 0.03, Some(0.05)),
+            (Verdict::Same, false)
+        );
+    }
+
+    #[test]
+    fn one_block_gives_no_interval() {
+        let p = Paired::of_blocks(&blocks(1, 8, 0.5, 0.0, 10));
+        assert!(p.low.is_nan() && p.high.is_nan());
+        assert_eq!(p.verdict(0.03), Verdict::Same);
     }
 }

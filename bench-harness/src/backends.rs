@@ -73,7 +73,10 @@ pub fn registry() -> Vec<BackendSpec> {
         device: false,
         timed_by_default: true,
         peer: false,
+        #[cfg(not(feature = "planted-slowdown"))]
         build: |_| Ok(Built::host(loss_cpu::CpuBackend::new())),
+        #[cfg(feature = "planted-slowdown")]
+        build: |_| Ok(Built::host(planted::Slowed(loss_cpu::CpuBackend::new()))),
     });
     specs.push(BackendSpec {
         name: "rayon",
@@ -156,4 +159,34 @@ pub fn resolve(names: &[String], config: BackendConfig) -> Vec<Resolved> {
             (n, b)
         })
         .collect()
+}
+
+/// A deliberately slower `cpu` backend, for measuring how well `ab` catches a real regression
+/// (its power): every forward pass (a call asking for the loss and no gradient) first reads an
+/// extra fifth of the logits — about 10 % slower on large forward cells. Built only with the
+/// feature `planted-slowdown` (`scripts/figures.sh ab-gate` builds it); never a default.
+#[cfg(feature = "planted-slowdown")]
+mod planted {
+    use loss_core::{LossBackend, Outputs, Problem, Result};
+
+    /// The wrapped backend, slowed.
+    pub struct Slowed<B>(pub B);
+
+    impl<B: LossBackend> LossBackend for Slowed<B> {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+
+        fn compute(&self, problem: &Problem<'_>, out: Outputs<'_>) -> Result<()> {
+            if out.grad.is_none() {
+                let bytes = problem.logits().bytes();
+                let fifth = &bytes[..bytes.len() / 5 / 4 * 4];
+                let sum = fifth.chunks_exact(4).fold(0u32, |a, w| {
+                    a.wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                });
+                std::hint::black_box(sum);
+            }
+            self.0.compute(problem, out)
+        }
+    }
 }

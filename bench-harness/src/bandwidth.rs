@@ -216,25 +216,41 @@ fn streaming_copy_avx(src: &[f32], dst: &mut [f32]) {
     _mm_sfence();
 }
 
-/// Pins the calling thread to logical CPU `cpu` (modulo the CPUs this process may use). Returns
-/// whether it worked; the probe runs unpinned where it does not (non-Linux systems).
-pub fn pin_current_thread(cpu: usize) -> bool {
+/// The logical CPUs the calling thread may run on, in order (empty where that cannot be read).
+pub fn allowed_cpus() -> Vec<usize> {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: `set` is a plain bitmask owned by this frame; the libc calls only read and
+        // SAFETY: `allowed` is a plain bitmask owned by this frame; the libc calls only read and
         // write it, and pid 0 means the calling thread.
         unsafe {
             let mut allowed: libc::cpu_set_t = std::mem::zeroed();
             if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0
             {
-                return false;
+                return Vec::new();
             }
-            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            (0..libc::CPU_SETSIZE as usize)
                 .filter(|&c| libc::CPU_ISSET(c, &allowed))
-                .collect();
-            if cpus.is_empty() {
-                return false;
-            }
+                .collect()
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Vec::new()
+    }
+}
+
+/// Pins the calling thread to logical CPU `cpu` (modulo the CPUs this process may use). Returns
+/// whether it worked; the probe runs unpinned where it does not (non-Linux systems).
+pub fn pin_current_thread(cpu: usize) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let cpus = allowed_cpus();
+        if cpus.is_empty() {
+            return false;
+        }
+        // SAFETY: `set` is a plain bitmask owned by this frame; the libc call only reads it, and
+        // pid 0 means the calling thread.
+        unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpus[cpu % cpus.len()], &mut set);
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0

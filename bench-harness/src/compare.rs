@@ -385,10 +385,13 @@ mod tests {
                     spread,
                     calibration_ns: Some(calibration),
                     calls: 10,
+                    cpu_per_wall: None,
                 })
                 .collect(),
             calibrated: None,
             counts: None,
+            cpu_per_wall: None,
+            honest: None,
             note: None,
         }
     }

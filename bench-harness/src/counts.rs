@@ -465,6 +465,8 @@ fn counted(
             estimated_cycles: per(estimated_cycles(events)),
             calls,
         }),
+        cpu_per_wall: None,
+        honest: None,
         note: None,
     }
 }

@@ -91,12 +91,13 @@ pub fn markdown_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]])
     out
 }
 
-const HEADERS: [&str; 14] = [
+const HEADERS: [&str; 15] = [
     "backend",
     "op",
     "batch",
     "classes",
     "thr",
+    "cpu/wall",
     "G elem/s",
     "GB/s",
     "of bw",
@@ -127,13 +128,23 @@ fn fraction(r: &CellResult) -> String {
     if r.over_ceiling { format!("{f}!") } else { f }
 }
 
-fn row(r: &CellResult) -> [String; 14] {
+/// CPU time over wall time, marked where the row used more CPUs than its thread count.
+fn cpu_per_wall(r: &CellResult) -> String {
+    match (r.cpu_per_wall, r.honest) {
+        (None, _) => "-".into(),
+        (Some(c), Some(false)) => format!("{c:.2} NOT HONEST"),
+        (Some(c), _) => format!("{c:.2}"),
+    }
+}
+
+fn row(r: &CellResult) -> [String; 15] {
     [
         r.label(),
         r.op.to_string(),
         r.batch.to_string(),
         r.classes.to_string(),
         r.threads.to_string(),
+        cpu_per_wall(r),
         format!("{:.3}", r.elements_per_second / 1e9),
         format!("{:.1}", r.bytes_per_second / 1e9),
         fraction(r),
@@ -249,7 +260,9 @@ fn header(report: &RunReport) -> String {
     s
 }
 
-const NOTES: &str = "(of bw: bytes/s over the ceiling above — read for forward, copy otherwise; \
+const NOTES: &str = "(cpu/wall: the process's CPU time over wall time while the calls ran, every \
+thread; NOT HONEST: more than 10% over the thread count, and never counted as fastest;\n \
+of bw: bytes/s over the ceiling above — read for forward, copy otherwise; \
 \"!\": out of cache and over 100% of it, a defect of the probe, not a result;\n \
 calib: fraction of the speed of a streaming read (forward) or copy of the same data, timed \
 interleaved with the samples; cache \"fits\": the timed data fits in the last-level cache, so \
@@ -282,7 +295,7 @@ pub fn table(report: &RunReport) -> String {
         return out;
     }
     let rows: Vec<_> = sorted(report).into_iter().map(row).collect();
-    let group = |r: &[String; 14]| format!("{} {}", r[2], r[3]);
+    let group = |r: &[String; 15]| format!("{} {}", r[2], r[3]);
     out.push_str(&aligned_grouped(&HEADERS, &rows, 2, Some(&group)));
     out.push('\n');
     out.push_str(NOTES);
@@ -342,12 +355,12 @@ pub fn markdown(report: &RunReport) -> String {
 /// CSV with the JSON field names as the header.
 pub fn csv(report: &RunReport) -> String {
     let mut out = String::from(
-        "backend,variant,op,batch,classes,dtype,threads,elements,median_ns,min_ns,spread,reps,elements_per_second,bytes_per_second,bandwidth_gbps,bandwidth_fraction,over_ceiling,calibrated,in_cache,max_rel_error,agrees,instructions,estimated_cycles\n",
+        "backend,variant,op,batch,classes,dtype,threads,elements,median_ns,min_ns,spread,reps,elements_per_second,bytes_per_second,bandwidth_gbps,bandwidth_fraction,over_ceiling,calibrated,in_cache,max_rel_error,agrees,instructions,estimated_cycles,cpu_per_wall,honest\n",
     );
     for r in sorted(report) {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{:.1},{:.1},{:.4},{},{:.6e},{:.6e},{:.3},{:.4},{},{},{},{:.3e},{},{},{}",
+            "{},{},{},{},{},{},{},{},{:.1},{:.1},{:.4},{},{:.6e},{:.6e},{:.3},{:.4},{},{},{},{:.3e},{},{},{},{},{}",
             r.backend,
             r.variant,
             r.op,
@@ -375,6 +388,8 @@ pub fn csv(report: &RunReport) -> String {
             r.counts
                 .as_ref()
                 .map_or(String::new(), |c| format!("{:.0}", c.estimated_cycles)),
+            r.cpu_per_wall.map_or(String::new(), |c| format!("{c:.3}")),
+            r.honest.map_or(String::new(), |h| h.to_string()),
         );
     }
     out

@@ -65,6 +65,9 @@ struct PeerLine {
     min_ns: f64,
     spread: f64,
     reps: usize,
+    /// The peer process's CPU time over wall time while its calls ran.
+    #[serde(default)]
+    cpu_per_wall: Option<f64>,
 }
 
 impl PythonPeers {
@@ -214,6 +217,10 @@ impl PythonPeers {
                     }
                 }
                 cmd.env("OMP_NUM_THREADS", threads.to_string());
+                // Exactly `threads` CPUs for the whole process: a peer whose library ignores its
+                // thread setting (JAX's CPU client at "1 thread" used two) cannot use more than
+                // the row claims. Its CPU time over wall time is reported beside the timing.
+                pin_command(&mut cmd, threads);
                 match cmd.output() {
                     Err(e) => skipped.push(skip(peer, format!("cannot start: {e}"))),
                     Ok(out) => {
@@ -292,11 +299,47 @@ impl PythonPeers {
             rounds: Vec::new(),
             calibrated: None,
             counts: None,
+            cpu_per_wall: p.cpu_per_wall,
+            honest: p.cpu_per_wall.map(|c| crate::timing::honest(c, p.threads)),
             note: Some(format!(
                 "{} (gradient checked by its sum of squares)",
                 p.note
             )),
         }
+    }
+}
+
+/// Starts `cmd` with its CPU affinity set to the first `threads` CPUs this process may use
+/// (every CPU when there are fewer; nothing where affinity cannot be set).
+fn pin_command(cmd: &mut Command, threads: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt as _;
+        let cpus = crate::bandwidth::allowed_cpus();
+        if cpus.is_empty() {
+            return;
+        }
+        // SAFETY: a plain bitmask, built here before the fork.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &c in cpus.iter().take(threads.max(1)) {
+            // SAFETY: `c` < CPU_SETSIZE (it came out of a cpu_set_t).
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+        // SAFETY: between fork and exec the closure only makes one async-signal-safe system call
+        // on a mask copied into it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (cmd, threads);
     }
 }
 

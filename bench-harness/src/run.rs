@@ -58,8 +58,14 @@ fn result(a: &Accumulated, instance: &Instance, bandwidth_gbps: f64) -> CellResu
             spread: Summary::of(&r.samples).spread,
             calibration_ns: (!r.calibration.is_empty()).then(|| timing::median(&r.calibration)),
             calls: r.calls,
+            cpu_per_wall: r.cpu_wall.ratio(),
         })
         .collect();
+    let cpu_per_wall = rounds
+        .iter()
+        .map(|r| r.cpu_per_wall)
+        .collect::<Option<Vec<f64>>>()
+        .map(|v| timing::median(&v));
     let calibrated = rounds
         .iter()
         .map(|r| r.calibration_ns.map(|c| c / r.median_ns))
@@ -114,6 +120,8 @@ fn result(a: &Accumulated, instance: &Instance, bandwidth_gbps: f64) -> CellResu
         rounds,
         calibrated,
         counts: None,
+        cpu_per_wall,
+        honest: cpu_per_wall.map(|c| timing::honest(c, instance.threads)),
         note,
     }
 }
@@ -233,6 +241,7 @@ pub fn run(opts: &RunOptions) -> RunReport {
                                     samples: r.samples,
                                     calibration: r.calibration,
                                     calls: r.calls,
+                                    cpu_wall: r.cpu_wall,
                                 },
                             ))
                         })

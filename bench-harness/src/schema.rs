@@ -181,6 +181,9 @@ pub struct RoundResult {
     pub calibration_ns: Option<f64>,
     /// Calls timed in this round.
     pub calls: usize,
+    /// The process's CPU time over the wall time of this round's samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_per_wall: Option<f64>,
 }
 
 /// Deterministic counts of one configuration's calls under Valgrind (`run --counts`), per call.
@@ -269,6 +272,15 @@ pub struct CellResult {
     /// Counts under Valgrind (`run --counts` only; its timing fields are then 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<Counts>,
+    /// CPU time (every thread of the process) over wall time while the calls ran: how many CPUs
+    /// the backend kept busy. Absent where it was not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_per_wall: Option<f64>,
+    /// `false` when `cpu_per_wall` exceeds `threads` by more than 10 %: the row used more CPUs
+    /// than it claims (tables mark it, and it never counts as fastest). Absent where
+    /// `cpu_per_wall` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub honest: Option<bool>,
     /// Anything a reader should know (e.g. how a peer was run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -414,11 +426,15 @@ impl RunReport {
     }
 }
 
-/// The fastest agreeing result per (op, batch, classes, dtype); disagreeing results never win
-/// (nor do counts, which have no timings).
+/// The fastest agreeing result per (op, batch, classes, dtype); disagreeing results never win,
+/// nor do results that used more CPUs than their thread count (`honest: false`), nor counts,
+/// which have no timings.
 pub fn fastest(results: &[CellResult]) -> Vec<Fastest> {
     let mut best: BTreeMap<(Op, usize, usize, String), &CellResult> = BTreeMap::new();
-    for r in results.iter().filter(|r| r.agrees && r.counts.is_none()) {
+    for r in results
+        .iter()
+        .filter(|r| r.agrees && r.counts.is_none() && r.honest != Some(false))
+    {
         let slot = best
             .entry((r.op, r.batch, r.classes, r.dtype.clone()))
             .or_insert(r);

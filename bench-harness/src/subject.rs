@@ -208,13 +208,15 @@ pub fn round_of(
             samples: Vec::new(),
             calibration: Vec::new(),
             calls: 0,
+            cpu_wall: Default::default(),
         };
         let target = budget.target / budget.rounds.max(1) as u32;
         let start = std::time::Instant::now();
         while round.samples.len() < budget.min_samples
             || (round.samples.len() < budget.max_samples && start.elapsed() < target)
         {
-            round.samples.push(ready.sample(calls)?);
+            let s = round.cpu_wall.measure(|| ready.sample(calls))?;
+            round.samples.push(s);
             round.device.extend(ready.subject.device_ns());
             round.calls += calls;
         }

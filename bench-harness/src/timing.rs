@@ -156,6 +156,58 @@ pub struct Round {
     pub device: Vec<f64>,
     /// Calls timed.
     pub calls: usize,
+    /// The process's CPU time (every thread) and the wall time spent in the subject's samples,
+    /// ns: their ratio says how many CPUs the subject kept busy.
+    pub cpu_wall: CpuWall,
+}
+
+/// CPU time over wall time of the samples of a round.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CpuWall {
+    /// The process's CPU time over the samples, every thread, ns.
+    pub cpu_ns: f64,
+    /// Their wall time, ns.
+    pub wall_ns: f64,
+}
+
+impl CpuWall {
+    /// CPU time over wall time (`None` before anything was measured, or where the process's CPU
+    /// clock is not available).
+    pub fn ratio(&self) -> Option<f64> {
+        (self.wall_ns > 0.0 && self.cpu_ns.is_finite()).then(|| self.cpu_ns / self.wall_ns)
+    }
+
+    /// Runs `f`, adding its CPU and wall time.
+    pub fn measure<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let (cpu, wall) = (process_cpu_ns(), Instant::now());
+        let out = f();
+        self.wall_ns += wall.elapsed().as_secs_f64() * 1e9;
+        self.cpu_ns += process_cpu_ns() - cpu;
+        out
+    }
+}
+
+/// Whether a run on `threads` threads that kept `cpu_per_wall` CPUs busy used no more than it
+/// claims: at most 10 % over its thread count (a peer that ignores its thread setting, such as
+/// JAX's CPU client at "1 thread", is not).
+pub fn honest(cpu_per_wall: f64, threads: usize) -> bool {
+    cpu_per_wall <= threads as f64 * 1.1
+}
+
+/// The CPU time of this process, every thread, ns (NaN where the clock is not available).
+pub fn process_cpu_ns() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec owned by this frame; the call only writes it.
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64;
+        }
+    }
+    f64::NAN
 }
 
 /// Times one round: `calib` and `subject` samples alternate (calibration first) until the
@@ -173,6 +225,7 @@ pub fn time_round(
         calibration: Vec::new(),
         device: Vec::new(),
         calls: 0,
+        cpu_wall: CpuWall::default(),
     };
     let mut calib_rep = 0;
     let start = Instant::now();
@@ -182,7 +235,10 @@ pub fn time_round(
         round
             .calibration
             .push(sample(calib, calls_per_sample, &mut calib_rep)?);
-        round.samples.push(sample(subject, calls_per_sample, rep)?);
+        let s = round
+            .cpu_wall
+            .measure(|| sample(subject, calls_per_sample, rep))?;
+        round.samples.push(s);
         round.device.extend(subject.device_ns());
         round.calls += calls_per_sample;
     }
@@ -311,5 +367,30 @@ mod tests {
             f.call(0).unwrap();
             assert!(f.dst.is_empty());
         }
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn honest_allows_ten_percent_over_the_thread_count() {
+        assert!(honest(1.0, 1) && honest(1.1, 1) && honest(2.15, 2));
+        assert!(!honest(1.2, 1) && !honest(1.96, 1));
+    }
+
+    #[test]
+    fn a_busy_loop_keeps_one_cpu_busy() {
+        let mut cw = CpuWall::default();
+        cw.measure(|| {
+            let t = Instant::now();
+            let mut x = 0u64;
+            while t.elapsed() < Duration::from_millis(30) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        });
+        let r = cw.ratio().expect("a CPU clock on this system");
+        assert!(r > 0.5 && r < 1.2, "{r}");
     }
 }

@@ -138,6 +138,9 @@ pub struct RoundReply {
     pub device: Vec<f64>,
     /// Calls timed.
     pub calls: usize,
+    /// CPU and wall time of the samples (absent from older workers).
+    #[serde(default)]
+    pub cpu_wall: crate::timing::CpuWall,
 }
 
 /// A timed sample.
@@ -388,6 +391,7 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> Result<(), Error> {
                                         calibration: r.calibration,
                                         device: r.device,
                                         calls: r.calls,
+                                        cpu_wall: r.cpu_wall,
                                     }),
                                     Err(e) => Reply::Error(e.to_string()),
                                 };

@@ -77,10 +77,20 @@ fn disagreeing_backend_is_flagged_and_never_fastest() {
         rounds: Vec::new(),
         calibrated: None,
         counts: None,
+        cpu_per_wall: None,
+        honest: None,
         note: None,
     };
     let best = fastest(&[row("skewed", false, 100.0), row("reference", true, 1.0)]);
     assert_eq!(best.len(), 1);
+    assert_eq!(best[0].backend, "reference");
+    // Nor does a row that used more CPUs than its thread count.
+    let greedy = bench_harness::schema::CellResult {
+        cpu_per_wall: Some(1.96),
+        honest: Some(false),
+        ..row("greedy", true, 100.0)
+    };
+    let best = fastest(&[greedy, row("reference", true, 1.0)]);
     assert_eq!(best[0].backend, "reference");
 }
 

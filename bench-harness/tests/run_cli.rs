@@ -400,3 +400,71 @@ fn dtype_axis_and_extensions_are_run_checked_and_labelled() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Peers run pinned to exactly their thread count, and every peer row says how many CPUs it kept
+/// busy: at "1 thread" no peer may use more than one (JAX's CPU client ignores its single-thread
+/// flags; unpinned it used two). Needs PyTorch and JAX (`$PYTHON`, default python3); where they
+/// are missing the test says so and checks nothing, unless `LOSS_BENCH_REQUIRE_PEERS=1` (set by
+/// `scripts/test.sh` once the project's Python environment exists), which makes that a failure.
+#[test]
+fn peers_are_pinned_to_their_thread_count() {
+    let dir = scratch("peers");
+    let out = dir.join("p.json");
+    let o = loss_bench(&[
+        "run",
+        "--quick",
+        "--backend",
+        "cpu",
+        "--cells",
+        "512x2000",
+        "--op",
+        "forward,forward_backward",
+        "--threads",
+        "1",
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = RunReport::load(&out).unwrap();
+    let peers: Vec<_> = report
+        .results
+        .iter()
+        .filter(|r| r.backend == "pytorch" || r.backend == "jax")
+        .collect();
+    let found: std::collections::BTreeSet<&str> =
+        peers.iter().map(|r| r.backend.as_str()).collect();
+    if found.len() < 2 {
+        assert!(
+            std::env::var("LOSS_BENCH_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "LOSS_BENCH_REQUIRE_PEERS=1 but the peers did not run: {:?}",
+            report.skipped
+        );
+        eprintln!(
+            "SKIPPED: PyTorch and JAX are not both importable: {:?}",
+            report.skipped
+        );
+        return;
+    }
+    for r in &peers {
+        let c = r
+            .cpu_per_wall
+            .expect("every peer row carries its CPU time over wall time");
+        assert!(
+            r.threads == 1 && c <= 1.1,
+            "{} {}: {c} CPUs at 1 thread",
+            r.backend,
+            r.op
+        );
+        assert_eq!(r.honest, Some(true));
+        assert!(r.agrees, "{} {}", r.backend, r.op);
+    }
+    // Ours carry it too.
+    let cpu = report.results.iter().find(|r| r.backend == "cpu").unwrap();
+    assert!(
+        cpu.cpu_per_wall.is_some_and(|c| c <= 1.1),
+        "{:?}",
+        cpu.cpu_per_wall
+    );
+}
