@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use loss_core::{DeviceBackend, LossBackend, LossError, ReferenceBackend};
+use loss_core::{DeviceBackend, LossBackend, LossError};
+use loss_profile::WorkspaceBackend;
 
 /// How a backend is built: the thread count matters to parallel backends only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,8 +25,8 @@ pub struct BackendSpec {
     /// A peer from outside the workspace (candle): timed beside ours, but never verified by
     /// default nor recommended.
     pub peer: bool,
-    /// Builds it.
-    pub build: fn(BackendConfig) -> Result<Built, LossError>,
+    /// Builds it (from its name and the configuration).
+    pub build: fn(&'static str, BackendConfig) -> Result<Built, LossError>,
 }
 
 /// A built backend: the [`LossBackend`], and the same object as a [`DeviceBackend`] when it can
@@ -57,6 +58,20 @@ impl Built {
     }
 }
 
+/// A workspace backend, built by name through loss-profile's [`WorkspaceBackend`] (the one
+/// place a name becomes a backend): `cpu` and `rayon` on the host, `wgpu` also as a device.
+fn workspace(name: &'static str, config: BackendConfig) -> Result<Built, LossError> {
+    Ok(match WorkspaceBackend::build(name, config.threads)? {
+        #[cfg(not(feature = "planted-slowdown"))]
+        WorkspaceBackend::Cpu(b) => Built::host(b),
+        #[cfg(feature = "planted-slowdown")]
+        WorkspaceBackend::Cpu(b) => Built::host(planted::Slowed(b)),
+        WorkspaceBackend::Rayon(b) => Built::host(b),
+        WorkspaceBackend::Wgpu(b) => Built::device(*b),
+        WorkspaceBackend::Reference(b) => Built::host(b),
+    })
+}
+
 /// Every backend, in report order.
 pub fn registry() -> Vec<BackendSpec> {
     let mut specs = vec![BackendSpec {
@@ -65,7 +80,7 @@ pub fn registry() -> Vec<BackendSpec> {
         device: false,
         timed_by_default: false,
         peer: false,
-        build: |_| Ok(Built::host(ReferenceBackend::new())),
+        build: workspace,
     }];
     specs.push(BackendSpec {
         name: "cpu",
@@ -73,10 +88,7 @@ pub fn registry() -> Vec<BackendSpec> {
         device: false,
         timed_by_default: true,
         peer: false,
-        #[cfg(not(feature = "planted-slowdown"))]
-        build: |_| Ok(Built::host(loss_cpu::CpuBackend::new())),
-        #[cfg(feature = "planted-slowdown")]
-        build: |_| Ok(Built::host(planted::Slowed(loss_cpu::CpuBackend::new()))),
+        build: workspace,
     });
     specs.push(BackendSpec {
         name: "rayon",
@@ -84,11 +96,7 @@ pub fn registry() -> Vec<BackendSpec> {
         device: false,
         timed_by_default: true,
         peer: false,
-        build: |c| {
-            Ok(Built::host(loss_rayon::RayonBackend::new(
-                c.threads.unwrap_or(0),
-            )?))
-        },
+        build: workspace,
     });
     specs.push(BackendSpec {
         name: "wgpu",
@@ -96,7 +104,7 @@ pub fn registry() -> Vec<BackendSpec> {
         device: true,
         timed_by_default: true,
         peer: false,
-        build: |_| Ok(Built::device(loss_wgpu::WgpuBackend::new()?)),
+        build: workspace,
     });
     #[cfg(feature = "peers")]
     specs.push(BackendSpec {
@@ -105,7 +113,7 @@ pub fn registry() -> Vec<BackendSpec> {
         device: false,
         timed_by_default: true,
         peer: true,
-        build: |_| Ok(Built::host(crate::candle_peer::CandleBackend::new())),
+        build: |_, _| Ok(Built::host(crate::candle_peer::CandleBackend::new())),
     });
     specs
 }
@@ -134,7 +142,8 @@ pub fn spec(name: &str) -> Result<BackendSpec, LossError> {
 /// An unknown name is an [`LossError::Unsupported`]; a backend that cannot run on this machine
 /// (no GPU adapter, say) is an [`LossError::Unavailable`].
 pub fn make_backend(name: &str, config: BackendConfig) -> Result<Box<dyn LossBackend>, LossError> {
-    Ok(Box::new((spec(name)?.build)(config)?.backend))
+    let spec = spec(name)?;
+    Ok(Box::new((spec.build)(spec.name, config)?.backend))
 }
 
 /// A backend by name, or why it could not be built.

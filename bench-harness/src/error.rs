@@ -37,6 +37,9 @@ pub enum Error {
         /// The tag this build reads.
         expected: &'static str,
     },
+    /// A profile could not be read or written.
+    #[error(transparent)]
+    Profile(#[from] loss_profile::ProfileError),
     /// A flag or argument that makes no sense.
     #[error("{0}")]
     Usage(String),

@@ -9,9 +9,8 @@ use bench_harness::backends::{self, BackendConfig};
 use bench_harness::error::Error;
 use bench_harness::format::{self, Format};
 use bench_harness::options::RunOptions;
-use bench_harness::profile::Profile;
 use bench_harness::run;
-use bench_harness::schema::{Op, RunReport};
+use bench_harness::schema::RunReport;
 use bench_harness::{compare, counts, plot, verify, worker};
 use clap::{Args, Parser, Subcommand};
 use loss_core::Reduction;
@@ -267,7 +266,7 @@ fn run_options(args: &RunArgs) -> Result<RunOptions, Error> {
         })
         .collect::<Result<_, Error>>()?;
     opts.backends = args.backend.clone();
-    opts.ops = Op::parse_list(&args.op)?;
+    opts.ops = bench_harness::schema::parse_ops(&args.op)?;
     opts.weighted = !args.unweighted;
     opts.reduction = Reduction::parse(&args.reduction).map_err(|e| Error::Usage(e.to_string()))?;
     opts.dtypes = args
@@ -447,7 +446,7 @@ fn compare_cmd(args: CompareArgs) -> Result<ExitCode, Error> {
 
 fn recommend_cmd(args: RecommendArgs) -> Result<ExitCode, Error> {
     let report = load_timings(&args.results)?;
-    let profile = Profile::from_report(&report);
+    let profile = bench_harness::profile::profile_of(&report);
     print!("{}", profile.render());
     if let Some(out) = &args.out {
         profile.save(out)?;
@@ -468,7 +467,7 @@ fn main() -> ExitCode {
         Some(Command::Devices) => {
             let mut any = false;
             for spec in backends::registry().into_iter().filter(|s| s.device) {
-                match (spec.build)(BackendConfig { threads: None }) {
+                match (spec.build)(spec.name, BackendConfig { threads: None }) {
                     Ok(built) => {
                         if let Some(d) = built.device {
                             any = true;

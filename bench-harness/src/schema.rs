@@ -10,71 +10,25 @@ use crate::bandwidth::Bandwidth;
 /// The schema tag written into every result file.
 pub const SCHEMA: &str = "loss-bench/1";
 
-/// What is timed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Op {
-    /// The loss alone (reads the logits once).
-    Forward,
-    /// The gradient alone, for a given upstream gradient (reads logits, writes the gradient).
-    Backward,
-    /// Loss and gradient in one call.
-    ForwardBackward,
-}
+pub use loss_profile::{Op, dtype_of, f32_name};
 
-impl Op {
-    /// Every operation, in report order.
-    pub const ALL: [Op; 3] = [Op::Forward, Op::Backward, Op::ForwardBackward];
-
-    /// The snake-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Forward => "forward",
-            Op::Backward => "backward",
-            Op::ForwardBackward => "forward_backward",
+/// Parses a comma-separated list of operation names ([`Op::as_str`]), or `all`.
+pub fn parse_ops(s: &str) -> crate::error::Result<Vec<Op>> {
+    if s.trim() == "all" {
+        return Ok(Op::ALL.to_vec());
+    }
+    let mut ops = Vec::new();
+    for name in s.split(',').map(str::trim) {
+        let op = Op::parse(name).ok_or_else(|| {
+            crate::error::Error::Usage(format!(
+                "unknown op {name:?}: expected forward, backward, forward_backward or all"
+            ))
+        })?;
+        if !ops.contains(&op) {
+            ops.push(op);
         }
     }
-
-    /// Bytes of memory traffic per logit of `dtype`: one element read for forward; one read
-    /// and one (gradient, in the same type) written otherwise.
-    pub fn bytes_per_element(self, dtype: loss_core::DType) -> f64 {
-        let size = dtype.size() as f64;
-        match self {
-            Op::Forward => size,
-            Op::Backward | Op::ForwardBackward => 2.0 * size,
-        }
-    }
-
-    /// Parses a name: exactly the names of [`Op::as_str`], the one spelling used by the CLI,
-    /// the JSON and the tables.
-    pub fn parse(s: &str) -> Option<Op> {
-        Op::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-
-    /// Parses a comma-separated list of names, or `all`.
-    pub fn parse_list(s: &str) -> crate::error::Result<Vec<Op>> {
-        if s.trim() == "all" {
-            return Ok(Op::ALL.to_vec());
-        }
-        let mut ops = Vec::new();
-        for name in s.split(',').map(str::trim) {
-            let op = Op::parse(name).ok_or_else(|| {
-                crate::error::Error::Usage(format!(
-                    "unknown op {name:?}: expected forward, backward, forward_backward or all"
-                ))
-            })?;
-            if !ops.contains(&op) {
-                ops.push(op);
-            }
-        }
-        Ok(ops)
-    }
-}
-
-impl std::fmt::Display for Op {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+    Ok(ops)
 }
 
 /// The machine the run measured.
@@ -286,22 +240,12 @@ pub struct CellResult {
     pub note: Option<String>,
 }
 
-/// `"f32"`: the element type of results written before there was a choice.
-pub fn f32_name() -> String {
-    "f32".to_string()
-}
-
 /// A result's `dtype` field for a cell: the element type, then the extensions on.
 pub fn dtype_label(spec: &crate::cells::CellSpec) -> String {
     match spec.extensions() {
         Some(ext) => format!("{}+{ext}", spec.dtype),
         None => spec.dtype.to_string(),
     }
-}
-
-/// The element type named by a result's `dtype` field (`bf16+z…` → bf16).
-pub fn dtype_of(label: &str) -> loss_core::DType {
-    loss_core::DType::parse(label.split('+').next().unwrap_or("f32")).unwrap_or_default()
 }
 
 impl CellResult {
