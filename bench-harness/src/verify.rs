@@ -1,6 +1,5 @@
 //! `loss-bench verify`: every backend on every case of every vector file.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use loss_core::LossError;
@@ -58,56 +57,18 @@ pub fn verify_file(file: &VectorFile, backends: &[Resolved]) -> FileOutcome {
     }
 }
 
-/// A case × backend table: `pass` with the worst error in units of the tolerance, `error` for a
-/// correctly returned error, `FAIL` with the worst element otherwise.
+/// The case × backend table (loss-core's [`conformance::render_table`]).
 pub fn render(outcome: &FileOutcome) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "vectors: {}", outcome.path.display());
-    let width = outcome
-        .cases
+    let columns: Vec<(String, conformance::Column<'_>)> = outcome
+        .backends
         .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let col = 22;
-    let _ = write!(out, "{:width$}", "case");
-    for (name, _) in &outcome.backends {
-        let _ = write!(out, "  {name:col$}");
-    }
-    out.push('\n');
-    for (i, case) in outcome.cases.iter().enumerate() {
-        let _ = write!(out, "{case:width$}");
-        for (_, o) in &outcome.backends {
-            let cell = match o {
-                BackendOutcome::Missing(_) => "-".to_string(),
-                BackendOutcome::Ran(r) => {
-                    let c = &r.cases[i];
-                    match (&c.worst, c.passed) {
-                        (Some(w), true) => format!("pass {:.2e}", w.excess),
-                        (None, true) => "pass (error)".to_string(),
-                        (Some(w), false) => format!("FAIL {:.2e}", w.excess),
-                        (None, false) => "FAIL".to_string(),
-                    }
-                }
+        .map(|(name, o)| {
+            let column = match o {
+                BackendOutcome::Ran(r) => conformance::Column::Ran(r),
+                BackendOutcome::Missing(e) => conformance::Column::Missing(e.to_string()),
             };
-            let _ = write!(out, "  {cell:col$}");
-        }
-        out.push('\n');
-    }
-    let _ = writeln!(
-        out,
-        "(numbers: worst element's error in units of the tolerance; ≤ 1 passes)"
-    );
-    for (name, o) in &outcome.backends {
-        match o {
-            BackendOutcome::Missing(e) => {
-                let _ = writeln!(out, "{name}: not run: {e}");
-            }
-            BackendOutcome::Ran(r) => {
-                let _ = write!(out, "{r}");
-            }
-        }
-    }
-    out
+            (name.clone(), column)
+        })
+        .collect();
+    conformance::render_table(&outcome.path, &outcome.cases, &columns)
 }

@@ -92,6 +92,13 @@ pub trait LossBackend: Send + Sync {
         file
     }
 
+    /// Whether the loss this backend writes is rounded to the logits' element type (as PyTorch
+    /// returns a half loss for half logits); `false` (the default) for an `f32` loss, as the
+    /// specification asks. The conformance kit holds such a loss to the half type's tolerance.
+    fn loss_in_logits_type(&self) -> bool {
+        false
+    }
+
     /// Runs unvalidated problem data through this backend's own entry point for raw input, if it
     /// has one besides the trait's (which takes validated [`Problem`]s): loss-cpu's in-place
     /// call, say. `None` (the default) when it has none. The test kit sends malformed data
@@ -135,6 +142,9 @@ macro_rules! forward_backend_impl {
             }
             fn tolerance(&self, file: Tolerance) -> Tolerance {
                 (**self).tolerance(file)
+            }
+            fn loss_in_logits_type(&self) -> bool {
+                (**self).loss_in_logits_type()
             }
             fn solve_raw(&self, data: &ProblemData) -> Option<Result<()>> {
                 (**self).solve_raw(data)

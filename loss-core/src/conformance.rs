@@ -443,8 +443,11 @@ impl std::fmt::Display for Worst {
 pub struct CaseReport {
     /// The case's name.
     pub name: String,
-    /// Whether the backend met the expectation.
+    /// Whether the backend met the expectation (or the case was skipped: see `skipped`).
     pub passed: bool,
+    /// Why the case was not judged, when the run's [`Checks`] let a backend decline an option it
+    /// does not take (`unsupported`), and it did.
+    pub skipped: Option<String>,
     /// Why it failed, or which error it correctly returned.
     pub message: Option<String>,
     /// The worst element (value cases).
@@ -473,17 +476,27 @@ impl Report {
     pub fn failures(&self) -> impl Iterator<Item = &CaseReport> {
         self.cases.iter().filter(|c| !c.passed)
     }
+    /// The skipped cases.
+    pub fn skips(&self) -> impl Iterator<Item = &CaseReport> {
+        self.cases.iter().filter(|c| c.skipped.is_some())
+    }
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let failed = self.failures().count();
+        let skipped = self.skips().count();
         writeln!(
             f,
-            "{}: {} of {} cases passed on {} (rtol {}, atol {})",
+            "{}: {} of {} cases passed{} on {} (rtol {}, atol {})",
             self.backend,
-            self.cases.len() - failed,
+            self.cases.len() - failed - skipped,
             self.cases.len(),
+            if skipped > 0 {
+                format!(", {skipped} skipped as unsupported")
+            } else {
+                String::new()
+            },
             self.file.display(),
             self.tolerance.rtol,
             self.tolerance.atol
@@ -565,27 +578,97 @@ impl CaseTolerance {
     }
 }
 
-/// Runs one case on a backend, with the given tolerances.
+/// What a run of the vectors asks of a backend besides the loss and the gradient in the logits'
+/// type. The workspace's backends are held to [`Checks::FULL`]; an implementation from outside
+/// (a porter's kernel, run through the Python kit) may be held to less, and says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checks {
+    /// Ask for the per-position LSE and the z part beside the loss, and compare them.
+    pub stats: bool,
+    /// For half logits, also ask for the gradient written in `f32`.
+    pub f32_grad_of_half: bool,
+    /// How an error case is also run through the backend's own entry for unvalidated input
+    /// ([`LossBackend::solve_raw`]) when it has one and the error is in the problem's data.
+    pub raw_errors: RawErrors,
+    /// A backend that answers a case with [`LossError::Unsupported`] has the case skipped (and
+    /// reported as such) instead of failed.
+    pub unsupported_skips: bool,
+}
+
+/// How [`Checks::raw_errors`] judges a backend's raw entry on an error case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawErrors {
+    /// The raw entry is not called.
+    Off,
+    /// It must return an error of the case's kind.
+    ExactKind,
+    /// It must return an error, of any kind (an implementation that raises its own exceptions).
+    AnyKind,
+}
+
+impl Checks {
+    /// Everything: the LSE and z outputs, the `f32` gradient of half logits, the raw entry's
+    /// errors of the exact kind, nothing skipped.
+    pub const FULL: Checks = Checks {
+        stats: true,
+        f32_grad_of_half: true,
+        raw_errors: RawErrors::ExactKind,
+        unsupported_skips: false,
+    };
+}
+
+/// Runs one case on a backend, with the given tolerances, held to [`Checks::FULL`].
 pub fn run_case(backend: &dyn LossBackend, case: &Case, tol: CaseTolerance) -> CaseReport {
-    let verdict = guarded(|| judge(backend, case, tol)).unwrap_or_else(|m| (Err(m), None));
+    run_case_with(backend, case, tol, Checks::FULL)
+}
+
+/// Runs one case on a backend, with the given tolerances and checks.
+pub fn run_case_with(
+    backend: &dyn LossBackend,
+    case: &Case,
+    tol: CaseTolerance,
+    checks: Checks,
+) -> CaseReport {
+    let verdict = guarded(|| judge(backend, case, tol, checks)).unwrap_or_else(|m| (Err(m), None));
     let (result, worst) = verdict;
-    let (passed, message) = match result {
-        Ok(note) => (true, note),
-        Err(m) => (false, Some(m)),
+    let (passed, message, skipped) = match result {
+        Ok(Judged::Passed(note)) => (true, note, None),
+        Ok(Judged::Skipped(why)) => (true, None, Some(why)),
+        Err(m) => (false, Some(m), None),
     };
     CaseReport {
         name: case.name.clone(),
         passed,
+        worst: if skipped.is_some() { None } else { worst },
+        skipped,
         message,
-        worst,
     }
 }
 
-type Verdict = (Result<Option<String>, String>, Option<Worst>);
+/// A case that did not fail.
+enum Judged {
+    /// It passed (with a note: the error it correctly returned).
+    Passed(Option<String>),
+    /// The backend declined an option it does not take ([`Checks::unsupported_skips`]).
+    Skipped(String),
+}
+
+type Verdict = (Result<Judged, String>, Option<Worst>);
+
+/// A call's error: skipped when the checks let the backend decline, a failure otherwise.
+fn declined(what: &str, e: LossError, checks: Checks) -> Result<Judged, String> {
+    if checks.unsupported_skips && e.kind() == ErrorKind::Unsupported {
+        Ok(Judged::Skipped(e.to_string()))
+    } else {
+        Err(format!("{what}: {e}"))
+    }
+}
 
 /// What one call of a case gave back.
 struct Got {
     loss: Vec<f32>,
+    /// Whether the backend returned the loss rounded to the logits' type.
+    loss_in_logits_type: bool,
     lse: Vec<f32>,
     z_loss: Vec<f32>,
     grad: Option<Vec<f32>>,
@@ -597,6 +680,7 @@ fn call(
     backend: &dyn LossBackend,
     problem: &crate::Problem<'_>,
     forward: bool,
+    stats: bool,
     upstream: Option<(&[f32], DType)>,
 ) -> crate::Result<Got> {
     let n = problem.loss_len();
@@ -606,13 +690,17 @@ fn call(
     let mut grad = upstream.map(|(_, d)| OwnedElems::zeros(d, problem.len()));
     let mut out = Outputs::new();
     if forward {
-        out = out.loss(&mut loss).lse(&mut lse).z_loss(&mut z_loss);
+        out = out.loss(&mut loss);
+        if stats {
+            out = out.lse(&mut lse).z_loss(&mut z_loss);
+        }
     }
     if let (Some((g, _)), Some(buf)) = (upstream, grad.as_mut()) {
         out = out.grad(g, buf.view_mut());
     }
     backend.compute(problem, out)?;
     Ok(Got {
+        loss_in_logits_type: backend.loss_in_logits_type(),
         loss,
         lse,
         z_loss,
@@ -620,13 +708,13 @@ fn call(
     })
 }
 
-fn judge(backend: &dyn LossBackend, case: &Case, tol: CaseTolerance) -> Verdict {
+fn judge(backend: &dyn LossBackend, case: &Case, tol: CaseTolerance, checks: Checks) -> Verdict {
     let problem = match &case.input {
         Ok(data) => data.problem(),
         Err(e) => Err(e.clone()),
     };
     match &case.expected {
-        Expected::Error(kind) => (judge_error(backend, case, problem, *kind), None),
+        Expected::Error(kind) => (judge_error(backend, case, problem, *kind, checks), None),
         Expected::Values {
             loss,
             loss_shape,
@@ -659,7 +747,17 @@ fn judge(backend: &dyn LossBackend, case: &Case, tol: CaseTolerance) -> Verdict 
                                      got: &Got,
                                      worst: &mut Option<Worst>|
                  -> Result<(), String> {
-                    compare(name, "loss", &got.loss, loss, tol.values, worst)?;
+                    // A loss returned in a half type (PyTorch returns the loss in the logits'
+                    // type) is held to that type's tolerance.
+                    let loss_tol = if dtype.is_half() && got.loss_in_logits_type {
+                        tol.half_grad
+                    } else {
+                        tol.values
+                    };
+                    compare(name, "loss", &got.loss, loss, loss_tol, worst)?;
+                    if !checks.stats {
+                        return Ok(());
+                    }
                     if let Some(e) = lse {
                         compare(name, "lse", &got.lse, e, tol.values, worst)?;
                     }
@@ -668,8 +766,10 @@ fn judge(backend: &dyn LossBackend, case: &Case, tol: CaseTolerance) -> Verdict 
                     }
                     Ok(())
                 };
-                let got =
-                    call(backend, &problem, true, None).map_err(|e| format!("forward: {e}"))?;
+                let got = match call(backend, &problem, true, checks.stats, None) {
+                    Ok(g) => g,
+                    Err(e) => return declined("forward", e, checks),
+                };
                 check_forward("forward", &got, &mut worst)?;
                 // The gradient in the logits' type (PyTorch's behaviour), alone and fused; for
                 // half logits also in f32, which the file's tolerance holds.
@@ -679,18 +779,29 @@ fn judge(backend: &dyn LossBackend, case: &Case, tol: CaseTolerance) -> Verdict 
                     tol.values
                 };
                 if let Some(grad) = grad {
-                    let got = call(backend, &problem, false, Some((&upstream, dtype)))
-                        .map_err(|e| format!("backward: {e}"))?;
+                    let got = match call(backend, &problem, false, false, Some((&upstream, dtype)))
+                    {
+                        Ok(g) => g,
+                        Err(e) => return declined("backward", e, checks),
+                    };
                     let g = got.grad.as_deref().unwrap_or_default();
                     compare("backward", "grad", g, grad, grad_tol, &mut worst)?;
                 }
                 let mut fused = vec![("forward_backward", dtype, grad_tol)];
-                if dtype.is_half() {
+                if dtype.is_half() && checks.f32_grad_of_half {
                     fused.push(("forward_backward_f32", DType::F32, tol.values));
                 }
                 for (name, grad_dtype, t) in fused {
-                    let got = call(backend, &problem, true, Some((&upstream, grad_dtype)))
-                        .map_err(|e| format!("{name}: {e}"))?;
+                    let got = match call(
+                        backend,
+                        &problem,
+                        true,
+                        checks.stats,
+                        Some((&upstream, grad_dtype)),
+                    ) {
+                        Ok(g) => g,
+                        Err(e) => return declined(name, e, checks),
+                    };
                     check_forward(name, &got, &mut worst)?;
                     if let Some(grad) = grad {
                         let g = got.grad.as_deref().unwrap_or_default();
@@ -699,7 +810,7 @@ fn judge(backend: &dyn LossBackend, case: &Case, tol: CaseTolerance) -> Verdict 
                 }
                 match &worst {
                     Some(w) if w.excess > 1.0 => Err("outside tolerance".to_string()),
-                    _ => Ok(None),
+                    _ => Ok(Judged::Passed(None)),
                 }
             })();
             (result, worst)
@@ -712,16 +823,36 @@ fn judge_error(
     case: &Case,
     problem: Result<crate::Problem<'_>, LossError>,
     kind: ErrorKind,
-) -> Result<Option<String>, String> {
+    checks: Checks,
+) -> Result<Judged, String> {
     let check = |call: &str, e: LossError| {
         if e.kind() == kind {
-            Ok(Some(format!("{kind} ({call}): {e}")))
+            Ok(Judged::Passed(Some(format!("{kind} ({call}): {e}"))))
         } else {
             Err(format!("{call}: expected {kind}, got {}: {e}", e.kind()))
         }
     };
     let problem = match problem {
-        Err(e) => return check("validation", e),
+        Err(e) => {
+            let validated = check("validation", e)?;
+            // The error is in the problem's data: a backend's own entry for unvalidated input
+            // must refuse it too.
+            let raw = match (&case.input, checks.raw_errors) {
+                (_, RawErrors::Off) | (Err(_), _) => None,
+                (Ok(data), _) => backend.solve_raw(data),
+            };
+            return match raw {
+                None => Ok(validated),
+                Some(Ok(())) => Err(format!("raw entry returned numbers, expected {kind}")),
+                Some(Err(e)) if checks.unsupported_skips && e.kind() == ErrorKind::Unsupported => {
+                    Ok(Judged::Skipped(e.to_string()))
+                }
+                Some(Err(e)) if checks.raw_errors == RawErrors::AnyKind => {
+                    Ok(Judged::Passed(Some(format!("{kind} (raw entry: {e})"))))
+                }
+                Some(Err(e)) => check("raw entry", e),
+            };
+        }
         Ok(p) => p,
     };
     let upstream = case
@@ -737,17 +868,24 @@ fn judge_error(
             backend,
             &problem,
             forward,
+            checks.stats,
             Some((&upstream, problem.dtype())),
         ) {
             Ok(_) => return Err(format!("{name} returned numbers, expected {kind}")),
-            Err(e) => note = check(name, e)?,
+            Err(e) => note = Some(check(name, e)?),
         }
     }
-    Ok(note)
+    Ok(note.unwrap_or(Judged::Passed(None)))
 }
 
-/// Runs every case of a file on a backend, with the backend's tolerance for that file.
+/// Runs every case of a file on a backend, with the backend's tolerance for that file, held to
+/// [`Checks::FULL`].
 pub fn run_file(backend: &dyn LossBackend, file: &VectorFile) -> Report {
+    run_file_with(backend, file, Checks::FULL)
+}
+
+/// [`run_file`] with the given checks.
+pub fn run_file_with(backend: &dyn LossBackend, file: &VectorFile, checks: Checks) -> Report {
     let tolerance = backend.tolerance(file.tolerance);
     Report {
         backend: backend.name().to_string(),
@@ -761,17 +899,81 @@ pub fn run_file(backend: &dyn LossBackend, file: &VectorFile) -> Report {
                     Ok(d) => backend.tolerance(file.grad_tolerance(d.logits.dtype())),
                     Err(_) => tolerance,
                 };
-                run_case(
+                run_case_with(
                     backend,
                     c,
                     CaseTolerance {
                         values: tolerance,
                         half_grad,
                     },
+                    checks,
                 )
             })
             .collect(),
     }
+}
+
+/// One backend's column of a case table ([`render_table`]): its report on the file, or why it
+/// did not run.
+#[derive(Debug, Clone)]
+pub enum Column<'a> {
+    /// The backend ran.
+    Ran(&'a Report),
+    /// It could not run (the reason).
+    Missing(String),
+}
+
+/// The case × backend table of one file: `pass` with the worst element's error in units of the
+/// tolerance, `pass (error)` for a correctly returned error, `skip` for a case the backend
+/// declined as unsupported (when its checks allow that), `FAIL` otherwise; then each backend's
+/// summary and its failures. What `loss-bench verify` and the Python kit (`python -m
+/// xent.testing`) print.
+pub fn render_table(path: &Path, cases: &[String], columns: &[(String, Column<'_>)]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "vectors: {}", path.display());
+    let width = cases.iter().map(String::len).max().unwrap_or(4).max(4);
+    let col = 22;
+    let _ = write!(out, "{:width$}", "case");
+    for (name, _) in columns {
+        let _ = write!(out, "  {name:col$}");
+    }
+    out.push('\n');
+    for (i, case) in cases.iter().enumerate() {
+        let _ = write!(out, "{case:width$}");
+        for (_, column) in columns {
+            let cell = match column {
+                Column::Missing(_) => "-".to_string(),
+                Column::Ran(r) => {
+                    let c = &r.cases[i];
+                    match (&c.worst, c.passed, &c.skipped) {
+                        (_, true, Some(_)) => "skip (unsupported)".to_string(),
+                        (Some(w), true, None) => format!("pass {:.2e}", w.excess),
+                        (None, true, None) => "pass (error)".to_string(),
+                        (Some(w), false, _) => format!("FAIL {:.2e}", w.excess),
+                        (None, false, _) => "FAIL".to_string(),
+                    }
+                }
+            };
+            let _ = write!(out, "  {cell:col$}");
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "(numbers: worst element's error in units of the tolerance; ≤ 1 passes)"
+    );
+    for (name, column) in columns {
+        match column {
+            Column::Missing(why) => {
+                let _ = writeln!(out, "{name}: not run: {why}");
+            }
+            Column::Ran(r) => {
+                let _ = write!(out, "{r}");
+            }
+        }
+    }
+    out
 }
 
 /// Runs the vendored vectors (both files) on a backend and panics with the report if any case

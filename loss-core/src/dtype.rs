@@ -239,6 +239,14 @@ impl<'a> Elems<'a> {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         each_dtype!(self, s => s.iter().map(|v| f64::from(v.to_f32())).collect())
     }
+    /// An owned copy.
+    pub fn to_owned_elems(&self) -> OwnedElems {
+        match *self {
+            Elems::F32(s) => OwnedElems::F32(s.to_vec()),
+            Elems::Bf16(s) => OwnedElems::Bf16(s.to_vec()),
+            Elems::F16(s) => OwnedElems::F16(s.to_vec()),
+        }
+    }
     /// The raw bytes (little-endian elements), e.g. for a device upload.
     pub fn bytes(&self) -> &'a [u8] {
         match *self {
@@ -384,6 +392,20 @@ impl<'a> ElemsMut<'a> {
             }
         }
     }
+    /// Copies `src` in: bit for bit when the types match, else each element widened and rounded
+    /// once to this buffer's type.
+    ///
+    /// # Panics
+    /// When the lengths differ.
+    pub fn copy_from(&mut self, src: Elems<'_>) {
+        assert_eq!(self.len(), src.len(), "copy_from: lengths differ");
+        match (self, src) {
+            (ElemsMut::F32(d), Elems::F32(s)) => d.copy_from_slice(s),
+            (ElemsMut::Bf16(d), Elems::Bf16(s)) => d.copy_from_slice(s),
+            (ElemsMut::F16(d), Elems::F16(s)) => d.copy_from_slice(s),
+            (d, s) => d.narrow_from(&s.to_f32_vec()),
+        }
+    }
     /// Element `i`, widened.
     pub fn get(&self, i: usize) -> f32 {
         match self {
@@ -427,6 +449,32 @@ pub enum OwnedElems {
 }
 
 impl OwnedElems {
+    /// The elements of `dtype` whose little-endian bytes are `bytes`; `None` when the byte
+    /// count is not a whole number of elements.
+    pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Option<Self> {
+        if !bytes.len().is_multiple_of(dtype.size()) {
+            return None;
+        }
+        let words = |n: usize| bytes.chunks_exact(n);
+        Some(match dtype {
+            DType::F32 => OwnedElems::F32(
+                words(4)
+                    .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                    .collect(),
+            ),
+            DType::Bf16 => OwnedElems::Bf16(
+                words(2)
+                    .map(|w| bf16::from_bits(u16::from_le_bytes([w[0], w[1]])))
+                    .collect(),
+            ),
+            DType::F16 => OwnedElems::F16(
+                words(2)
+                    .map(|w| f16::from_bits(u16::from_le_bytes([w[0], w[1]])))
+                    .collect(),
+            ),
+        })
+    }
+
     /// `values` rounded to `dtype` (exact when they are representable in it).
     pub fn from_f32(dtype: DType, values: &[f32]) -> Self {
         match dtype {

@@ -678,6 +678,31 @@ pub struct ProblemData {
 }
 
 impl ProblemData {
+    /// An owned copy of a validated problem.
+    pub fn of(problem: &Problem<'_>) -> Self {
+        let o = problem.options();
+        let (target, target_shape) = match problem.target() {
+            TargetData::Indices(t) => (OwnedTarget::Indices(t.to_vec()), problem.lse_shape()),
+            TargetData::Probs(t) => (
+                OwnedTarget::Probs(t.to_owned_elems()),
+                problem.shape().to_vec(),
+            ),
+        };
+        ProblemData {
+            logits: problem.logits().to_owned_elems(),
+            shape: problem.shape().to_vec(),
+            target,
+            target_shape,
+            weight: o.weight.map(<[f32]>::to_vec),
+            ignore_index: o.ignore_index,
+            reduction: o.reduction,
+            label_smoothing: o.label_smoothing,
+            z_loss: o.z_loss,
+            softcap: o.softcap,
+            position_weight: o.position_weight.map(<[f32]>::to_vec),
+        }
+    }
+
     /// The options as a borrowed [`LossOptions`].
     pub fn options(&self) -> LossOptions<'_> {
         LossOptions {
