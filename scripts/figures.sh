@@ -7,15 +7,16 @@
 #   scripts/figures.sh                 # every section (about 45 min on the reference machine)
 #   scripts/figures.sh peers rayon     # some sections; TABLES.md is rendered from what is there
 #
-# Sections: verify default peers rayon machine dtype extensions wgpu ab-gate
-# The peers need PyTorch and JAX: $PYTHON (default .venv/bin/python, made by scripts/setup.sh).
+# Sections: verify default peers rayon machine dtype extensions wgpu python ab-gate
+# The peers need PyTorch and JAX: $PYTHON (default: the project's environment, scripts/python-env.sh).
 # Nothing else may run on the machine meanwhile: the figures are timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-export PYTHON="${PYTHON:-$PWD/.venv/bin/python}"
+PYTHON="${PYTHON:-$(scripts/python-env.sh | tail -n 1)}"
+export PYTHON
 out="${OUT:-bench-harness/results/figures}"
 mkdir -p "$out"
 cargo build --release -p bench-harness
@@ -88,6 +89,10 @@ extensions() {
     --format json --out "$out/peers-ext.json"
 }
 
+python() {
+  record python sh -c "'$PYTHON' loss-py/bench/bench_torch.py --threads 1 --out '$out/python.json' > '$out/python.md'"
+}
+
 wgpu() {
   record wgpu-lavapipe "$bench" run --backend wgpu --backend cpu \
     --cells 256x10,64x1000,8x32768,1024x1000 --no-peers --format json \
@@ -134,7 +139,7 @@ ab_gate() {
 
 sections=("$@")
 if [ ${#sections[@]} -eq 0 ]; then
-  sections=(verify default peers rayon machine dtype extensions wgpu ab-gate)
+  sections=(verify default peers rayon machine dtype extensions wgpu python ab-gate)
 fi
 rm -f "$out/COMMANDS.md.new"
 for s in "${sections[@]}"; do
@@ -147,6 +152,7 @@ for s in "${sections[@]}"; do
     dtype) dtype ;;
     extensions) extensions ;;
     wgpu) wgpu ;;
+    python) python ;;
     ab-gate) ab_gate ;;
     *)
       echo "figures: unknown section $s" >&2

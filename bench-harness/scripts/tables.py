@@ -195,6 +195,27 @@ def ab_gate(d):
     return "\n".join(lines)
 
 
+def python_table(report):
+    rows = [[f"{r['batch']}×{r['classes']}", f"{r['batch'] * r['classes'] / r['xent_s'] / 1e9:.3f}",
+             f"{r['batch'] * r['classes'] / r['torch_s'] / 1e9:.3f}",
+             f"{r['ratio']:.2f} [{r['ratio_p10']:.2f}, {r['ratio_p90']:.2f}]"] for r in report["fused"]]
+    o, b = report["overhead"], report["binding"]
+    return "\n".join([
+        f"xent {report['xent']} ({report['backend']}) against torch {report['torch']}, "
+        f"{report['threads']} thread(s) pinned; forward+backward through autograd, weighted mean, "
+        "float32, G logits/s:",
+        "",
+        table(["N×C", "xent", "PyTorch", "xent / PyTorch (10th–90th pct over pairs)"], rows),
+        "",
+        f"- call overhead, 4×3 forward: xent {o['xent_s'] * 1e6:.1f} µs, PyTorch "
+        f"{o['torch_s'] * 1e6:.1f} µs: xent takes {1 / o['ratio']:.2f}× PyTorch's time",
+        f"- 4096×4096 forward+backward: the Rust call {b['rust_s'] * 1e3:.2f} ms; "
+        f"`xent.compute(grad=True)` {b['numpy_s'] * 1e3:.2f} ms ({b['numpy_over_rust']:.3f}× Rust); "
+        f"`xent.cross_entropy` + `backward()` {b['torch_autograd_s'] * 1e3:.2f} ms "
+        f"({b['torch_over_rust']:.3f}× Rust)",
+    ])
+
+
 SECTIONS = [
     ("peers.json", "Against the peers (peers pinned to their thread count)", peers_table),
     ("peers.json", "Every peer row, with the CPUs it kept busy", all_peer_rows),
@@ -207,6 +228,7 @@ SECTIONS = [
     ("peers-bf16.json", "bf16 against the peers", runs_table),
     ("peers-ext.json", "bf16 + z-loss + soft-cap against the peers", runs_table),
     ("wgpu-lavapipe.json", "wgpu on lavapipe (correctness only)", runs_table),
+    ("python.json", "xent from Python against PyTorch (`loss-py/bench/bench_torch.py`)", python_table),
 ]
 
 

@@ -81,7 +81,7 @@ pub fn instances(names: &[String], threads: &[usize], skipped: &mut Vec<Skipped>
             vec![1]
         };
         for t in counts {
-            match (spec.build)(BackendConfig { threads: Some(t) }) {
+            match (spec.build)(spec.name, BackendConfig { threads: Some(t) }) {
                 Ok(built) => {
                     let caveat = built.device.as_ref().and_then(|d| d.timing_caveat());
                     match caveat {

@@ -185,9 +185,12 @@ fn instance_index(
         return Ok(i);
     }
     let spec = backends::spec(name).map_err(|e| e.to_string())?;
-    let built = (spec.build)(BackendConfig {
-        threads: Some(threads),
-    })
+    let built = (spec.build)(
+        spec.name,
+        BackendConfig {
+            threads: Some(threads),
+        },
+    )
     .map_err(|e| e.to_string())?;
     instances.push(Instance {
         name: name.to_string(),
